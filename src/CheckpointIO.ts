@@ -1,0 +1,167 @@
+/**
+ * `CheckpointIO`: how and where checkpoints are stored.
+ *
+ * The counterpart of PyTorch Lightning's `CheckpointIO` plugin, as an Effect
+ * service. The Trainer and checkpoint callbacks only ever talk to this service, so a
+ * Layer decides the storage: `FileCheckpointIO.layer` (the default, local disk),
+ * `MemoryCheckpointIO.layer` (tests), or your own. Teardown is the Layer's scope.
+ *
+ * Every implementation keeps these promises:
+ * - `save` is atomic: a reader sees the previous checkpoint or the new one under a
+ *   path, never a partial file; a failed or interrupted save leaves the previous one.
+ * - `load` validates everything before it allocates and fails with
+ *   `CheckpointCorrupt` (naming the file and the reason) on any inconsistency.
+ * - `remove` of a missing checkpoint succeeds; `list` shows committed checkpoints
+ *   only (never temporary files).
+ *
+ * @since 0.1.0
+ */
+import { Context, Data, type Effect, PlatformError } from "effect"
+import type { Checkpoint } from "./Checkpoint.ts"
+
+/** The operations of the service, named in errors. */
+export type Operation = "save" | "load" | "remove" | "exists" | "list" | "flush"
+
+/** No checkpoint under `path`. */
+export class CheckpointNotFound extends Data.TaggedError("CheckpointNotFound")<{
+  readonly operation: Operation
+  readonly path: string
+}> {
+  override get message(): string {
+    return `${this.operation}: no checkpoint at ${this.path}`
+  }
+}
+
+/** The file under `path` is not a valid checkpoint; `reason` says what is wrong. */
+export class CheckpointCorrupt extends Data.TaggedError("CheckpointCorrupt")<{
+  readonly path: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `checkpoint ${this.path} is corrupt: ${this.reason}`
+  }
+}
+
+/**
+ * Why storage failed: out of space (ENOSPC, EDQUOT), not permitted (EACCES, EPERM,
+ * EROFS), an I/O error (EIO), or anything else.
+ */
+export type StorageReason = "NoSpace" | "PermissionDenied" | "IO" | "Other"
+
+/** The storage refused an operation; `cause` is the underlying error. */
+export class CheckpointStorageError extends Data.TaggedError("CheckpointStorageError")<{
+  readonly operation: Operation
+  readonly path: string
+  readonly reason: StorageReason
+  readonly cause: unknown
+}> {
+  override get message(): string {
+    const detail = this.cause instanceof Error ? `: ${this.cause.message}` : ""
+    return `${this.operation} ${this.path} failed (${this.reason})${detail}`
+  }
+}
+
+/** The caller passed something that can never work (a bad tensor, a bad path). */
+export class CheckpointInvalidArgument extends Data.TaggedError("CheckpointInvalidArgument")<{
+  readonly operation: Operation
+  readonly path: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `${this.operation} ${this.path}: ${this.reason}`
+  }
+}
+
+export type CheckpointIOError =
+  | CheckpointNotFound
+  | CheckpointCorrupt
+  | CheckpointStorageError
+  | CheckpointInvalidArgument
+
+export interface SaveOptions {
+  /**
+   * Flush the file and its directory entry to stable storage before `save`
+   * returns (default `true`). Turning it off trades power-cut durability for speed;
+   * the write stays atomic for readers either way.
+   */
+  readonly durable?: boolean | undefined
+}
+
+/**
+ * What to do with dtypes TensorFlow.js cannot compute in (anything but F32, I32,
+ * BOOL):
+ * - `"preserve"` (default): return every tensor as stored;
+ * - `"tfjs"`: refuse such a tensor with `CheckpointInvalidArgument`;
+ * - `"convert"`: convert to the nearest tfjs dtype (F64 / F16 / BF16 → F32; integer
+ *   types → I32, refusing a value outside the int32 range).
+ */
+export type DTypePolicy = "preserve" | "tfjs" | "convert"
+
+export interface LoadOptions {
+  /**
+   * Load model weights only: the `model/` section of an effect-trainer checkpoint
+   * (every tensor of a foreign file). Other tensors are validated from the header
+   * but never read.
+   */
+  readonly weightsOnly?: boolean | undefined
+  readonly dtypes?: DTypePolicy | undefined
+}
+
+/** A committed checkpoint found by `list`. */
+export interface CheckpointEntry {
+  readonly path: string
+  /** Modification time, milliseconds since the epoch. */
+  readonly modifiedAt: number
+  readonly size: number
+}
+
+/**
+ * The storage contract.
+ *
+ * Paths are the implementation's own: file paths for `FileCheckpointIO`, keys for
+ * `MemoryCheckpointIO`. `list(dir)` is non-recursive and sorted by path.
+ */
+export interface CheckpointIOShape {
+  readonly save: (
+    checkpoint: Checkpoint,
+    path: string,
+    options?: SaveOptions
+  ) => Effect.Effect<void, CheckpointIOError>
+  readonly load: (path: string, options?: LoadOptions) => Effect.Effect<Checkpoint, CheckpointIOError>
+  readonly remove: (path: string) => Effect.Effect<void, CheckpointIOError>
+  readonly exists: (path: string) => Effect.Effect<boolean, CheckpointIOError>
+  readonly list: (dir: string) => Effect.Effect<ReadonlyArray<CheckpointEntry>, CheckpointIOError>
+}
+
+/** The service key. Provide it with `FileCheckpointIO.layer`, `MemoryCheckpointIO.layer`, … */
+export class CheckpointIO extends Context.Service<CheckpointIO, CheckpointIOShape>()("effect-trainer/CheckpointIO") {}
+
+const errnoCode = (cause: unknown): string | undefined => {
+  if (typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "string") {
+    return cause.code
+  }
+  return undefined
+}
+
+/** Classifies a storage failure by its errno code (or a PlatformError's tag). */
+export const storageReason = (error: unknown): StorageReason => {
+  const systemError = PlatformError.isPlatformError(error) ? error.reason : undefined
+  const code = errnoCode(systemError?.cause ?? error)
+  switch (code) {
+    case "ENOSPC":
+    case "EDQUOT":
+      return "NoSpace"
+    case "EACCES":
+    case "EPERM":
+    case "EROFS":
+      return "PermissionDenied"
+    case "EIO":
+      return "IO"
+  }
+  if (systemError?._tag === "PermissionDenied") return "PermissionDenied"
+  return "Other"
+}
+
+/** Wraps any storage failure into the typed `CheckpointStorageError`. */
+export const storageError = (operation: Operation, path: string) => (cause: unknown): CheckpointStorageError =>
+  new CheckpointStorageError({ operation, path, reason: storageReason(cause), cause })

@@ -1,0 +1,232 @@
+/**
+ * `FileCheckpointIO`: the default `CheckpointIO`, one safetensors file per
+ * checkpoint on a local disk (the counterpart of Lightning's `TorchCheckpointIO`).
+ *
+ * Built on Effect's `FileSystem` and `Path` services, so a test can swap the file
+ * system (see `FaultyFileSystem`). The write protocol makes a save atomic and
+ * durable:
+ *
+ * 1. create missing directories; clean temporary files left by dead processes;
+ * 2. write a temporary file in the same directory (so the rename never crosses a
+ *    device), tensor by tensor, never the whole checkpoint in one buffer;
+ * 3. fsync it, rename it onto the final name, fsync the directory.
+ *
+ * A failure or interruption at any step leaves no file under the final name and the
+ * previous checkpoint intact (if the directory fsync fails after the rename, the
+ * previous file is put back). Temporary files are named
+ * `.<name>.<pid>.<random>.tmp-ckpt` and are never listed.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Exit, FileSystem, Layer, Option, Path, type PlatformError, type Scope } from "effect"
+import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import {
+  CheckpointInvalidArgument,
+  CheckpointIO,
+  type CheckpointEntry,
+  type CheckpointIOError,
+  type CheckpointIOShape,
+  CheckpointNotFound,
+  type Operation,
+  storageError
+} from "./CheckpointIO.ts"
+import * as SafeTensors from "./SafeTensors.ts"
+
+const tempSuffix = ".tmp-ckpt"
+
+/** Is this directory entry a temporary file of an unfinished save? */
+export const isTemporaryName = (name: string): boolean => name.startsWith(".") && name.endsWith(tempSuffix)
+
+const temporaryName = (base: string, pid: number): string =>
+  `.${base}.${pid}.${Math.random().toString(36).slice(2, 10)}${tempSuffix}`
+
+const ownerPid = (name: string): number | undefined => {
+  const match = /\.(\d+)\.[a-z0-9]+\.tmp-ckpt$/.exec(name)
+  return match ? Number(match[1]) : undefined
+}
+
+const processIsAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    // EPERM: the process exists but belongs to someone else.
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+const isNotFound = (error: PlatformError.PlatformError): boolean =>
+  error.reason._tag === "NotFound"
+
+/**
+ * Builds the service over the `FileSystem` and `Path` in context.
+ */
+export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> = Effect.gen(function*() {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const cleanedDirectories = new Set<string>()
+
+  const fail = (operation: Operation, file: string) => (error: PlatformError.PlatformError) =>
+    isNotFound(error)
+      ? new CheckpointNotFound({ operation, path: file })
+      : storageError(operation, file)(error)
+
+  /** Removes temporary files whose writer is gone; once per directory per layer. */
+  const cleanStaleTemporaries = (dir: string) =>
+    Effect.gen(function*() {
+      if (cleanedDirectories.has(dir)) return
+      const names = yield* fs.readDirectory(dir)
+      for (const name of names) {
+        const pid = ownerPid(name)
+        if (!isTemporaryName(name) || pid === undefined || processIsAlive(pid)) continue
+        yield* fs.remove(path.join(dir, name), { force: true }).pipe(
+          Effect.tap(() => Effect.logDebug(`removed stale temporary checkpoint file ${path.join(dir, name)}`))
+        )
+      }
+      cleanedDirectories.add(dir)
+    }).pipe(
+      // Cleaning is housekeeping: it never fails a save.
+      Effect.catch((error) => Effect.logWarning(`could not clean temporary files in ${dir}: ${error.message}`))
+    )
+
+  const syncDirectory = (dir: string) => Effect.scoped(Effect.flatMap(fs.open(dir, { flag: "r" }), (d) => d.sync))
+
+  const fileSink = (file: FileSystem.File): SafeTensors.ByteSink<PlatformError.PlatformError> => ({
+    write: (chunk) => file.writeAll(chunk),
+    writeAt: (position, chunk) =>
+      Effect.flatMap(file.seek(BigInt(position), "start"), () => file.writeAll(chunk))
+  })
+
+  const fileSource = (file: FileSystem.File, size: number): SafeTensors.ByteSource<PlatformError.PlatformError> => ({
+    size,
+    read: (into, position) => file.read(into, { position: BigInt(position) })
+  })
+
+  const resolveTarget = (operation: Operation, file: string) =>
+    file.length === 0 || file.endsWith("/") || file.endsWith(path.sep)
+      ? Effect.fail(new CheckpointInvalidArgument({ operation, path: file, reason: "a checkpoint path must name a file" }))
+      : Effect.succeed(path.resolve(file))
+
+  /** Commits `tmp` as `target`; if the directory fsync fails, puts the previous file back. */
+  const commit = (tmp: string, target: string, dir: string, durable: boolean) =>
+    Effect.gen(function*() {
+      // A hard link keeps the previous checkpoint reachable until the new one is durable.
+      const backup = path.join(dir, temporaryName(path.basename(target), process.pid))
+      const hasBackup = yield* fs.link(target, backup).pipe(
+        Effect.as(true),
+        Effect.catch(() => Effect.succeed(false))
+      )
+      yield* fs.rename(tmp, target)
+      if (durable) {
+        yield* syncDirectory(dir).pipe(
+          Effect.tapError(() =>
+            (hasBackup ? fs.rename(backup, target) : fs.remove(target, { force: true })).pipe(Effect.ignore)
+          )
+        )
+      }
+      if (hasBackup) yield* fs.remove(backup, { force: true }).pipe(Effect.ignore)
+    }).pipe(Effect.uninterruptible)
+
+  const save: CheckpointIOShape["save"] = Effect.fn("FileCheckpointIO.save")(function*(checkpoint, file, options) {
+    const target = yield* resolveTarget("save", file)
+    yield* Effect.annotateCurrentSpan({ path: target })
+    const planned = yield* SafeTensors.plan(checkpoint, target)
+    const durable = options?.durable ?? true
+    const dir = path.dirname(target)
+    yield* fs.makeDirectory(dir, { recursive: true }).pipe(Effect.mapError(storageError("save", target)))
+    yield* cleanStaleTemporaries(dir)
+    const tmp = path.join(dir, temporaryName(path.basename(target), process.pid))
+    yield* Effect.gen(function*() {
+      yield* Effect.scoped(Effect.gen(function*() {
+        const handle = yield* fs.open(tmp, { flag: "wx" })
+        yield* SafeTensors.write(planned, fileSink(handle))
+        if (durable) yield* handle.sync
+      }))
+      yield* commit(tmp, target, dir, durable)
+    }).pipe(
+      Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
+      Effect.mapError(storageError("save", target))
+    )
+  })
+
+  const openForRead = (target: string): Effect.Effect<readonly [FileSystem.File, number], CheckpointIOError, Scope.Scope> =>
+    Effect.gen(function*() {
+      const handle = yield* fs.open(target, { flag: "r" }).pipe(Effect.mapError(fail("load", target)))
+      const info = yield* handle.stat.pipe(Effect.mapError(fail("load", target)))
+      if (info.type !== "File") {
+        return yield* new CheckpointInvalidArgument({ operation: "load", path: target, reason: `is a ${info.type}, not a file` })
+      }
+      return [handle, Number(info.size)] as const
+    })
+
+  const load: CheckpointIOShape["load"] = Effect.fn("FileCheckpointIO.load")(function*(file, options) {
+    const target = yield* resolveTarget("load", file)
+    yield* Effect.annotateCurrentSpan({ path: target })
+    return yield* Effect.scoped(Effect.gen(function*() {
+      const [handle, size] = yield* openForRead(target)
+      return yield* SafeTensors.read(fileSource(handle, size), target, options).pipe(
+        Effect.mapError((error) => "_tag" in error && error._tag === "PlatformError" ? fail("load", target)(error) : error)
+      )
+    }))
+  })
+
+  const remove: CheckpointIOShape["remove"] = Effect.fn("FileCheckpointIO.remove")(function*(file) {
+    const target = yield* resolveTarget("remove", file)
+    yield* Effect.annotateCurrentSpan({ path: target })
+    const info = yield* fs.stat(target).pipe(
+      Effect.map(Option.some),
+      Effect.catchIf(isNotFound, () => Effect.succeed(Option.none())),
+      Effect.mapError(storageError("remove", target))
+    )
+    if (Option.isNone(info)) return
+    if (info.value.type === "Directory") {
+      return yield* new CheckpointInvalidArgument({ operation: "remove", path: target, reason: "is a directory" })
+    }
+    yield* fs.remove(target, { force: true }).pipe(Effect.mapError(storageError("remove", target)))
+  })
+
+  const exists: CheckpointIOShape["exists"] = Effect.fn("FileCheckpointIO.exists")(function*(file) {
+    const target = yield* resolveTarget("exists", file)
+    return yield* fs.stat(target).pipe(
+      Effect.map((info) => info.type === "File"),
+      Effect.catchIf(isNotFound, () => Effect.succeed(false)),
+      Effect.mapError(storageError("exists", target))
+    )
+  })
+
+  const list: CheckpointIOShape["list"] = Effect.fn("FileCheckpointIO.list")(function*(dir) {
+    const target = path.resolve(dir)
+    yield* Effect.annotateCurrentSpan({ path: target })
+    const names = yield* fs.readDirectory(target).pipe(
+      Effect.catchIf(isNotFound, () => Effect.succeed([] as Array<string>)),
+      Effect.mapError(storageError("list", target))
+    )
+    const entries: Array<CheckpointEntry> = []
+    for (const name of names.filter((n) => !isTemporaryName(n)).sort()) {
+      const full = path.join(target, name)
+      const info = yield* fs.stat(full).pipe(
+        Effect.map(Option.some),
+        // Removed between readDirectory and stat: not committed any more.
+        Effect.catchIf(isNotFound, () => Effect.succeed(Option.none())),
+        Effect.mapError(storageError("list", full))
+      )
+      if (Option.isNone(info) || info.value.type !== "File") continue
+      entries.push({
+        path: full,
+        modifiedAt: Option.match(info.value.mtime, { onNone: () => 0, onSome: (d) => d.getTime() }),
+        size: Number(info.value.size)
+      })
+    }
+    return entries
+  })
+
+  return { save, load, remove, exists, list }
+})
+
+/** The file store over whatever `FileSystem` and `Path` the application provides. */
+export const layer: Layer.Layer<CheckpointIO, never, FileSystem.FileSystem | Path.Path> = Layer.effect(CheckpointIO, make)
+
+/** The file store on Node's file system. */
+export const layerNode: Layer.Layer<CheckpointIO> = layer.pipe(
+  Layer.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer))
+)

@@ -1,0 +1,126 @@
+/**
+ * `MemoryCheckpointIO`: a `CheckpointIO` that keeps checkpoints in memory, for tests
+ * (ours and yours).
+ *
+ * It stores each checkpoint encoded exactly as the file store writes it, through the
+ * same codec, so it has the same semantics: the same validation on save, the same
+ * checks and typed errors on load, atomic replacement, `list` in path order. The
+ * `MemoryStore` behind it is a service of its own, so a test can look at or tamper
+ * with the stored bytes (to check corruption handling) and control modification
+ * times (they come from the `Clock`, so `TestClock` drives them).
+ *
+ * Paths are keys; they are normalised as POSIX paths (`a/./b` and `a/b` are one
+ * checkpoint) and `list(dir)` lists the keys directly under `dir`.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Context, Effect, Layer } from "effect"
+import * as posix from "node:path/posix"
+import {
+  CheckpointInvalidArgument,
+  CheckpointIO,
+  type CheckpointIOShape,
+  CheckpointNotFound,
+  type Operation
+} from "./CheckpointIO.ts"
+import * as SafeTensors from "./SafeTensors.ts"
+
+/** One stored checkpoint: its encoded bytes and modification time (epoch millis). */
+export interface StoredFile {
+  readonly bytes: Uint8Array
+  readonly modifiedAt: number
+}
+
+/** The bytes behind a `MemoryCheckpointIO`, by normalised path. */
+export class MemoryStore extends Context.Service<MemoryStore, {
+  readonly files: Map<string, StoredFile>
+}>()("effect-trainer/MemoryCheckpointIO/MemoryStore") {
+  /** A fresh, empty store. */
+  static readonly layer: Layer.Layer<MemoryStore> = Layer.sync(MemoryStore, () => ({ files: new Map() }))
+}
+
+/** Normalises a checkpoint path the way the memory store keys it. */
+export const normalize = (path: string): string => {
+  const normal = posix.normalize(path)
+  return normal.length > 1 && normal.endsWith("/") ? normal.slice(0, -1) : normal
+}
+
+const bytesSink = (size: number) => {
+  const bytes = new Uint8Array(size)
+  let position = 0
+  const sink: SafeTensors.ByteSink<never> = {
+    write: (chunk) =>
+      Effect.sync(() => {
+        bytes.set(chunk, position)
+        position += chunk.byteLength
+      }),
+    writeAt: (at, chunk) => Effect.sync(() => bytes.set(chunk, at))
+  }
+  return { bytes, sink }
+}
+
+const bytesSource = (bytes: Uint8Array): SafeTensors.ByteSource<never> => ({
+  size: bytes.byteLength,
+  read: (into, position) =>
+    Effect.sync(() => {
+      const available = bytes.subarray(position, position + into.byteLength)
+      into.set(available)
+      return available.byteLength
+    })
+})
+
+/** Builds the service over the `MemoryStore` in context. */
+export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect.gen(function*() {
+  const { files } = yield* MemoryStore
+
+  const key = (operation: Operation, path: string) => {
+    const normal = normalize(path)
+    return path.length === 0 || path.endsWith("/") || normal === "." || normal === "/"
+      ? Effect.fail(new CheckpointInvalidArgument({ operation, path, reason: "a checkpoint path must name a file" }))
+      : Effect.succeed(normal)
+  }
+
+  const save: CheckpointIOShape["save"] = Effect.fn("MemoryCheckpointIO.save")(function*(checkpoint, path) {
+    const target = yield* key("save", path)
+    const planned = yield* SafeTensors.plan(checkpoint, target)
+    const { bytes, sink } = bytesSink(planned.size)
+    yield* SafeTensors.write(planned, sink)
+    const modifiedAt = yield* Clock.currentTimeMillis
+    files.set(target, { bytes, modifiedAt })
+  })
+
+  const load: CheckpointIOShape["load"] = Effect.fn("MemoryCheckpointIO.load")(function*(path, options) {
+    const target = yield* key("load", path)
+    const file = files.get(target)
+    if (file === undefined) return yield* new CheckpointNotFound({ operation: "load", path: target })
+    return yield* SafeTensors.read(bytesSource(file.bytes), target, options)
+  })
+
+  const remove: CheckpointIOShape["remove"] = Effect.fn("MemoryCheckpointIO.remove")(function*(path) {
+    const target = yield* key("remove", path)
+    files.delete(target)
+  })
+
+  const exists: CheckpointIOShape["exists"] = Effect.fn("MemoryCheckpointIO.exists")(function*(path) {
+    const target = yield* key("exists", path)
+    return files.has(target)
+  })
+
+  const list: CheckpointIOShape["list"] = Effect.fn("MemoryCheckpointIO.list")(function*(dir) {
+    const target = normalize(dir)
+    return [...files.entries()]
+      .filter(([path]) => posix.dirname(path) === target)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([path, file]) => ({ path, modifiedAt: file.modifiedAt, size: file.bytes.byteLength }))
+  })
+
+  return { save, load, remove, exists, list }
+})
+
+/** The memory store with the `MemoryStore` exposed, for tests that inspect bytes. */
+export const layerWithStore: Layer.Layer<CheckpointIO | MemoryStore> = Layer.effect(CheckpointIO, make).pipe(
+  Layer.provideMerge(MemoryStore.layer)
+)
+
+/** A fresh, empty memory store. */
+export const layer: Layer.Layer<CheckpointIO> = layerWithStore

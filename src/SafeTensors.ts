@@ -1,0 +1,614 @@
+/**
+ * The checkpoint file format: the safetensors layout, plus our integrity metadata.
+ *
+ * ```
+ * [ u64 LE: N ][ N bytes: UTF-8 JSON header, space-padded to 8 ][ tensor data, back to back ]
+ * ```
+ * The header maps each tensor name to `{ dtype, shape, data_offsets: [begin, end] }`
+ * (offsets relative to the data buffer) and holds `__metadata__` (string → string).
+ * Ours adds `effect_trainer.format`, `effect_trainer.meta` (the `CheckpointMeta` as
+ * JSON), `effect_trainer.crc32` (one CRC-32 per tensor) and
+ * `effect_trainer.header_crc32` (the header's own checksum, so that a flipped digit
+ * in, say, the epoch is caught too). Python's `safetensors`,
+ * PyTorch and NumPy read the file; loading never runs code.
+ *
+ * This module is storage-agnostic: it writes to a `ByteSink` and reads from a
+ * `ByteSource`, so the file store and the memory store share one codec and one set
+ * of checks. Reading validates the whole header (sizes, JSON shape, dtypes, offsets,
+ * contiguity, shapes against byte counts) before allocating any tensor, and checks
+ * each tensor's CRC-32 as it is read.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Option, Result, Schema } from "effect"
+import { crc32 } from "node:zlib"
+import {
+  arrayConstructor,
+  bytesPerElement,
+  type Checkpoint,
+  CheckpointMeta,
+  type DType,
+  DType as DTypeSchema,
+  type HostTensor,
+  modelPrefix,
+  type TensorData
+} from "./Checkpoint.ts"
+import {
+  CheckpointCorrupt,
+  CheckpointInvalidArgument,
+  type DTypePolicy,
+  type LoadOptions
+} from "./CheckpointIO.ts"
+
+/** Where encoded bytes go. `writeAt` patches bytes already written (the header). */
+export interface ByteSink<E> {
+  readonly write: (chunk: Uint8Array) => Effect.Effect<void, E>
+  readonly writeAt: (position: number, chunk: Uint8Array) => Effect.Effect<void, E>
+}
+
+/**
+ * Where encoded bytes come from. `read` fills `into` from `position` and returns
+ * how many bytes it read (0 at end of data).
+ */
+export interface ByteSource<E> {
+  readonly size: number
+  readonly read: (into: Uint8Array, position: number) => Effect.Effect<number, E>
+}
+
+/** Largest header accepted on load (the safetensors reference uses the same cap). */
+export const maxHeaderBytes = 100 * 1024 * 1024
+
+/** Tensors smaller than this are coalesced through one scratch buffer on save and load. */
+const smallTensorBytes = 1 << 20
+/** Size of the scratch buffer and of each I/O call on large tensors. */
+const chunkBytes = 8 << 20
+
+export const metadataKey = "__metadata__"
+export const reservedPrefix = "effect_trainer."
+export const formatKey = "effect_trainer.format"
+export const metaKey = "effect_trainer.meta"
+export const crcKey = "effect_trainer.crc32"
+/** CRC-32 of the padded header bytes with this value itself read as `00000000`. */
+export const headerCrcKey = "effect_trainer.header_crc32"
+export const formatVersion = "1"
+
+const tfjsDTypes: ReadonlySet<DType> = new Set(["F32", "I32", "BOOL"])
+
+const byteView = (data: TensorData): Uint8Array => new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+
+/** A record without a prototype, so that a name such as `__proto__` is just a key. */
+const record = <A>(): Record<string, A> => Object.create(null) as Record<string, A>
+
+const crcHex = (crc: number): string => (crc >>> 0).toString(16).padStart(8, "0")
+
+// ---------------------------------------------------------------------------
+// Writing
+// ---------------------------------------------------------------------------
+
+interface PlannedTensor {
+  readonly name: string
+  readonly bytes: Uint8Array
+}
+
+/** A validated checkpoint, ready to be written: the header size is fixed. */
+export interface WritePlan {
+  readonly tensors: ReadonlyArray<PlannedTensor>
+  readonly header: (crcs: ReadonlyArray<number>) => Uint8Array
+  /** Total file size in bytes. */
+  readonly size: number
+}
+
+const invalid = (path: string, reason: string) => new CheckpointInvalidArgument({ operation: "save", path, reason })
+
+const validateTensor = (path: string, name: string, t: HostTensor): Effect.Effect<void, CheckpointInvalidArgument> => {
+  if (!(Schema.is(DTypeSchema)(t.dtype))) {
+    return Effect.fail(invalid(path, `tensor "${name}" has unknown dtype ${String(t.dtype)}`))
+  }
+  if (!(t.data instanceof arrayConstructor[t.dtype])) {
+    return Effect.fail(
+      invalid(path, `tensor "${name}" has dtype ${t.dtype} but its data is a ${t.data?.constructor?.name ?? typeof t.data}`)
+    )
+  }
+  let count = 1
+  for (const d of t.shape) {
+    if (!Number.isSafeInteger(d) || d < 0) {
+      return Effect.fail(invalid(path, `tensor "${name}" has an invalid shape [${t.shape.join(", ")}]`))
+    }
+    count *= d
+  }
+  if (count !== t.data.length) {
+    return Effect.fail(
+      invalid(path, `tensor "${name}" has shape [${t.shape.join(", ")}] (${count} elements) but ${t.data.length} values`)
+    )
+  }
+  if (t.dtype === "BOOL") {
+    const bytes = t.data as Uint8Array
+    for (let i = 0; i < bytes.length; i++) {
+      if (bytes[i]! > 1) return Effect.fail(invalid(path, `tensor "${name}" is BOOL but holds the value ${bytes[i]}`))
+    }
+  }
+  return Effect.void
+}
+
+const headerCrcMarker = new TextEncoder().encode(`"${headerCrcKey}":"`)
+
+/** Position of the header checksum's 8 hex digits in `header`, searching from the end. */
+const headerCrcPosition = (header: Uint8Array): number => {
+  outer: for (let i = header.length - headerCrcMarker.length - 8; i >= 0; i--) {
+    for (let k = 0; k < headerCrcMarker.length; k++) {
+      if (header[i + k] !== headerCrcMarker[k]) continue outer
+    }
+    return i + headerCrcMarker.length
+  }
+  return -1
+}
+
+const zeroHex = new TextEncoder().encode("00000000")
+
+/** CRC-32 of the header bytes (after the length prefix) with the checksum digits read as zeros. */
+const headerCrc = (header: Uint8Array, at: number): number =>
+  crc32(header.subarray(at + 8), crc32(zeroHex, crc32(header.subarray(0, at))))
+
+/** Length prefix, JSON, space padding to a multiple of 8, and the header checksum filled in. */
+const encodeHeader = (json: string, withHeaderCrc: boolean): Uint8Array => {
+  const text = new TextEncoder().encode(json)
+  const padded = Math.ceil((8 + text.length) / 8) * 8 - 8
+  const out = new Uint8Array(8 + padded)
+  new DataView(out.buffer).setBigUint64(0, BigInt(padded), true)
+  out.set(text, 8)
+  out.fill(0x20, 8 + text.length)
+  if (withHeaderCrc) {
+    const header = out.subarray(8)
+    const at = headerCrcPosition(header)
+    header.set(new TextEncoder().encode(crcHex(headerCrc(header, at))), at)
+  }
+  return out
+}
+
+/**
+ * Validates a checkpoint for writing (names, dtypes, shapes against data, metadata
+ * keys) and fixes the header layout. Fails with `CheckpointInvalidArgument`.
+ */
+export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WritePlan, CheckpointInvalidArgument> =>
+  Effect.gen(function*() {
+    const tensors: Array<PlannedTensor> = []
+    const entries: Array<readonly [string, { dtype: DType; shape: ReadonlyArray<number>; data_offsets: [number, number] }]> =
+      []
+    let offset = 0
+    for (const name of Object.keys(checkpoint.tensors)) {
+      if (name.length === 0 || name === metadataKey) {
+        return yield* invalid(path, `"${name}" is not a valid tensor name`)
+      }
+      const t = checkpoint.tensors[name]!
+      yield* validateTensor(path, name, t)
+      const bytes = byteView(t.data)
+      entries.push([name, { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.byteLength] }])
+      tensors.push({ name, bytes })
+      offset += bytes.byteLength
+    }
+    const metadata = record<string>()
+    for (const [key, value] of Object.entries(checkpoint.extraMetadata)) {
+      if (key.startsWith(reservedPrefix)) {
+        return yield* invalid(path, `metadata key "${key}" is reserved (prefix ${reservedPrefix})`)
+      }
+      if (typeof value !== "string") return yield* invalid(path, `metadata value of "${key}" is not a string`)
+      metadata[key] = value
+    }
+    if (Option.isSome(checkpoint.meta)) {
+      const encoded = yield* Schema.encodeUnknownEffect(CheckpointMeta)(checkpoint.meta.value).pipe(
+        Effect.mapError((error) => invalid(path, `invalid checkpoint meta: ${error.message}`))
+      )
+      metadata[formatKey] = formatVersion
+      metadata[metaKey] = JSON.stringify(encoded)
+    }
+    const names = tensors.map((t) => t.name)
+    const build = (crcs: ReadonlyArray<number>): string => {
+      const crcMap = record<string>()
+      names.forEach((name, i) => (crcMap[name] = crcHex(crcs[i] ?? 0)))
+      const header = record<unknown>()
+      for (const [name, entry] of entries) header[name] = entry
+      // The header checksum goes last, where the reader looks for it.
+      header[metadataKey] = Object.assign(record<string>(), metadata, {
+        [crcKey]: JSON.stringify(crcMap),
+        [headerCrcKey]: "00000000"
+      })
+      return JSON.stringify(header)
+    }
+    const headerSize = encodeHeader(build([]), true).length
+    return {
+      tensors,
+      header: (crcs) => {
+        const bytes = encodeHeader(build(crcs), true)
+        // CRCs are fixed-width hex, so the header size never depends on them.
+        if (bytes.length !== headerSize) throw new Error("BUG: header size changed with checksums")
+        return bytes
+      },
+      size: headerSize + offset
+    }
+  })
+
+/**
+ * Writes a planned checkpoint: a placeholder header, each tensor in turn (small
+ * ones coalesced through one reused scratch buffer, large ones straight from their
+ * own memory in chunks), then the header again with the CRC-32s computed on the way.
+ * Never holds a copy of the whole checkpoint.
+ */
+export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<void, E> =>
+  Effect.gen(function*() {
+    const crcs = new Array<number>(planned.tensors.length).fill(0)
+    yield* sink.write(planned.header(crcs))
+    let scratch: Uint8Array | undefined
+    let filled = 0
+    const flush = Effect.suspend(() => {
+      if (filled === 0 || scratch === undefined) return Effect.void
+      const chunk = scratch.subarray(0, filled)
+      filled = 0
+      return sink.write(chunk)
+    })
+    for (let i = 0; i < planned.tensors.length; i++) {
+      const bytes = planned.tensors[i]!.bytes
+      if (bytes.byteLength < smallTensorBytes) {
+        crcs[i] = crc32(bytes)
+        scratch ??= new Uint8Array(chunkBytes)
+        if (filled + bytes.byteLength > scratch.byteLength) yield* flush
+        scratch.set(bytes, filled)
+        filled += bytes.byteLength
+        continue
+      }
+      yield* flush
+      let crc = 0
+      for (let at = 0; at < bytes.byteLength; at += chunkBytes) {
+        const chunk = bytes.subarray(at, Math.min(at + chunkBytes, bytes.byteLength))
+        // The checksum of this chunk runs while the sink writes it.
+        const [, next] = yield* Effect.all([sink.write(chunk), Effect.sync(() => crc32(chunk, crc))], {
+          concurrency: 2
+        })
+        crc = next
+      }
+      crcs[i] = crc
+    }
+    yield* flush
+    yield* sink.writeAt(0, planned.header(crcs))
+  })
+
+// ---------------------------------------------------------------------------
+// Reading
+// ---------------------------------------------------------------------------
+
+const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
+
+const TensorEntry = Schema.Struct({
+  dtype: DTypeSchema,
+  shape: Schema.Array(NonNegativeInt),
+  data_offsets: Schema.Tuple([NonNegativeInt, NonNegativeInt])
+})
+
+const Metadata = Schema.Record(Schema.String, Schema.String)
+
+const CrcMap = Schema.fromJsonString(Schema.Record(Schema.String, Schema.String))
+
+const MetaJson = Schema.fromJsonString(CheckpointMeta)
+
+/** One tensor as described by a validated header. */
+export interface TensorLayout {
+  readonly name: string
+  readonly dtype: DType
+  readonly shape: ReadonlyArray<number>
+  /** Absolute position of the first byte in the source. */
+  readonly position: number
+  readonly byteLength: number
+  readonly crc: Option.Option<number>
+}
+
+/** A validated header. */
+export interface Layout {
+  readonly tensors: ReadonlyArray<TensorLayout>
+  readonly meta: Option.Option<CheckpointMeta>
+  readonly extraMetadata: Readonly<Record<string, string>>
+}
+
+const readFully = <E>(
+  source: ByteSource<E>,
+  into: Uint8Array,
+  position: number,
+  corrupt: (reason: string) => CheckpointCorrupt
+): Effect.Effect<void, E | CheckpointCorrupt> =>
+  Effect.gen(function*() {
+    let done = 0
+    while (done < into.byteLength) {
+      const n = yield* source.read(into.subarray(done), position + done)
+      if (n <= 0) {
+        return yield* corrupt(`unexpected end of data at byte ${position + done} (the file changed while it was read)`)
+      }
+      done += n
+    }
+  })
+
+const firstIssue = (error: Schema.SchemaError): string => error.message.split("\n").slice(0, 3).join(" ")
+
+/**
+ * Reads and validates the header. Everything about the tensors is checked here,
+ * before any tensor memory is allocated; the header allocation itself is bounded by
+ * `maxHeaderBytes` and by the source size.
+ */
+export const readLayout = <E>(source: ByteSource<E>, path: string): Effect.Effect<Layout, E | CheckpointCorrupt> =>
+  Effect.gen(function*() {
+    const corrupt = (reason: string) => new CheckpointCorrupt({ path, reason })
+    const size = source.size
+    if (size < 8) return yield* corrupt(`file is ${size} bytes, shorter than the 8-byte header length`)
+    const prefix = new Uint8Array(8)
+    yield* readFully(source, prefix, 0, corrupt)
+    const declared = new DataView(prefix.buffer).getBigUint64(0, true)
+    if (declared > BigInt(maxHeaderBytes)) {
+      return yield* corrupt(`header length ${declared} exceeds the ${maxHeaderBytes}-byte limit`)
+    }
+    const headerLength = Number(declared)
+    if (8 + headerLength > size) {
+      return yield* corrupt(`header length ${headerLength} runs past the end of the ${size}-byte file`)
+    }
+    if (headerLength < 2) return yield* corrupt(`header length ${headerLength} is too short for a JSON object`)
+    const headerBytes = new Uint8Array(headerLength)
+    yield* readFully(source, headerBytes, 8, corrupt)
+    let text: string
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(headerBytes)
+    } catch {
+      return yield* corrupt("header is not valid UTF-8")
+    }
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch (error) {
+      return yield* corrupt(`header is not valid JSON (${(error as Error).message})`)
+    }
+    if (typeof json !== "object" || json === null || Array.isArray(json)) {
+      return yield* corrupt("header is not a JSON object")
+    }
+    const dataStart = 8 + headerLength
+    const dataSize = size - dataStart
+    let metadata: { readonly [key: string]: string } = {}
+    const described: Array<{ name: string; entry: typeof TensorEntry.Type }> = []
+    for (const [name, value] of Object.entries(json)) {
+      if (name === metadataKey) {
+        const decoded = Schema.decodeUnknownResult(Metadata)(value)
+        if (Result.isFailure(decoded)) return yield* corrupt(`__metadata__ must map strings to strings`)
+        metadata = decoded.success
+        continue
+      }
+      const decoded = Schema.decodeUnknownResult(TensorEntry)(value)
+      if (Result.isFailure(decoded)) {
+        return yield* corrupt(`tensor "${name}" has an invalid header entry: ${firstIssue(decoded.failure)}`)
+      }
+      described.push({ name, entry: decoded.success })
+    }
+
+    // The header checksum first: it makes any damage to the header a clear diagnosis.
+    if (metadata[headerCrcKey] !== undefined) {
+      const at = headerCrcPosition(headerBytes)
+      const stored = at < 0 ? "" : new TextDecoder().decode(headerBytes.subarray(at, at + 8))
+      if (at < 0 || stored !== metadata[headerCrcKey] || parseInt(stored, 16) !== headerCrc(headerBytes, at)) {
+        return yield* corrupt(`header fails its checksum (${headerCrcKey})`)
+      }
+    } else if (metadata[formatKey] !== undefined) {
+      return yield* corrupt(`${headerCrcKey} is missing`)
+    }
+    // Offsets: in range, ordered, contiguous, no overlap, ending at end of file.
+    const ordered = [...described].sort((a, b) =>
+      a.entry.data_offsets[0] - b.entry.data_offsets[0] || a.entry.data_offsets[1] - b.entry.data_offsets[1]
+    )
+    let expected = 0
+    for (const { entry, name } of ordered) {
+      const [begin, end] = entry.data_offsets
+      if (end < begin) return yield* corrupt(`tensor "${name}" has data_offsets [${begin}, ${end}] that end before they begin`)
+      if (end > dataSize) {
+        return yield* corrupt(`tensor "${name}" has data_offsets [${begin}, ${end}] past the ${dataSize}-byte data buffer`)
+      }
+      if (begin < expected) return yield* corrupt(`tensor "${name}" overlaps the previous tensor at byte ${begin}`)
+      if (begin > expected) return yield* corrupt(`tensor "${name}" leaves a hole at bytes [${expected}, ${begin})`)
+      let count = 1
+      for (const d of entry.shape) {
+        count *= d
+        if (count > dataSize) break
+      }
+      const bytes = count * bytesPerElement(entry.dtype)
+      if (bytes !== end - begin) {
+        return yield* corrupt(
+          `tensor "${name}" has shape [${entry.shape.join(", ")}] of ${entry.dtype} but ${end - begin} bytes of data`
+        )
+      }
+      expected = end
+    }
+    if (expected !== dataSize) {
+      return yield* corrupt(`tensor data ends at byte ${expected} of a ${dataSize}-byte data buffer (trailing bytes)`)
+    }
+
+    // Our own metadata: format, meta, one CRC-32 per tensor.
+    let meta: Option.Option<CheckpointMeta> = Option.none()
+    let crcs: Record<string, string> | undefined
+    const extraMetadata = record<string>()
+    for (const [key, value] of Object.entries(metadata)) {
+      if (!key.startsWith(reservedPrefix)) extraMetadata[key] = value
+    }
+    if (metadata[formatKey] !== undefined) {
+      if (metadata[formatKey] !== formatVersion) {
+        return yield* corrupt(`unsupported effect-trainer format version "${metadata[formatKey]}"`)
+      }
+      const rawMeta = metadata[metaKey]
+      if (rawMeta === undefined) return yield* corrupt(`${metaKey} is missing`)
+      const decodedMeta = Schema.decodeUnknownResult(MetaJson)(rawMeta)
+      if (Result.isFailure(decodedMeta)) {
+        return yield* corrupt(`${metaKey} is not a valid checkpoint meta: ${firstIssue(decodedMeta.failure)}`)
+      }
+      meta = Option.some(decodedMeta.success)
+    }
+    if (metadata[crcKey] !== undefined) {
+      const decodedCrcs = Schema.decodeUnknownResult(CrcMap)(metadata[crcKey])
+      if (Result.isFailure(decodedCrcs)) return yield* corrupt(`${crcKey} is not a JSON map of checksums`)
+      crcs = decodedCrcs.success
+      for (const name of Object.keys(crcs)) {
+        if (!described.some((d) => d.name === name)) return yield* corrupt(`${crcKey} names an unknown tensor "${name}"`)
+      }
+    } else if (Option.isSome(meta)) {
+      return yield* corrupt(`${crcKey} is missing`)
+    }
+
+    const tensors: Array<TensorLayout> = []
+    for (const { entry, name } of described) {
+      let crc: Option.Option<number> = Option.none()
+      if (crcs !== undefined) {
+        const hex = crcs[name]
+        if (hex === undefined || !/^[0-9a-f]{8}$/.test(hex)) {
+          return yield* corrupt(`tensor "${name}" has no valid checksum in ${crcKey}`)
+        }
+        crc = Option.some(parseInt(hex, 16))
+      }
+      tensors.push({
+        name,
+        dtype: entry.dtype,
+        shape: entry.shape,
+        position: dataStart + entry.data_offsets[0],
+        byteLength: entry.data_offsets[1] - entry.data_offsets[0],
+        crc
+      })
+    }
+    return { tensors, meta, extraMetadata }
+  })
+
+const invalidLoad = (path: string, reason: string) => new CheckpointInvalidArgument({ operation: "load", path, reason })
+
+const f16ToF32 = (bits: number): number => {
+  const sign = bits & 0x8000 ? -1 : 1
+  const exponent = (bits >> 10) & 0x1f
+  const fraction = bits & 0x3ff
+  if (exponent === 0) return sign * fraction * 2 ** -24
+  if (exponent === 0x1f) return fraction === 0 ? sign * Infinity : NaN
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15)
+}
+
+/** Converts a tensor to the nearest dtype tfjs computes in (F32, I32, BOOL). */
+const toTfjs = (path: string, name: string, t: HostTensor): Effect.Effect<HostTensor, CheckpointInvalidArgument> => {
+  switch (t.dtype) {
+    case "F32":
+    case "I32":
+    case "BOOL":
+      return Effect.succeed(t)
+    case "F64":
+      return Effect.succeed({ dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Float64Array) })
+    case "F16":
+      return Effect.succeed({ dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Uint16Array, f16ToF32) })
+    case "BF16": {
+      const out = new Float32Array(t.data.length)
+      new Uint32Array(out.buffer).set(Uint32Array.from(t.data as Uint16Array, (b) => b << 16))
+      return Effect.succeed({ dtype: "F32", shape: t.shape, data: out })
+    }
+    default: {
+      const out = new Int32Array(t.data.length)
+      const source = t.data as ArrayLike<number | bigint>
+      for (let i = 0; i < source.length; i++) {
+        const v = Number(source[i]!)
+        if (v > 2147483647 || v < -2147483648) {
+          return Effect.fail(invalidLoad(path, `tensor "${name}" (${t.dtype}) holds ${String(source[i])}, outside the int32 range`))
+        }
+        out[i] = v
+      }
+      return Effect.succeed({ dtype: "I32", shape: t.shape, data: out })
+    }
+  }
+}
+
+/**
+ * Reads a checkpoint: validates the header, then reads the selected tensors into
+ * freshly allocated typed arrays, checking each one's CRC-32 (and BOOL values).
+ */
+export const read = <E>(
+  source: ByteSource<E>,
+  path: string,
+  options?: LoadOptions
+): Effect.Effect<Checkpoint, E | CheckpointCorrupt | CheckpointInvalidArgument> =>
+  Effect.gen(function*() {
+    const corrupt = (reason: string) => new CheckpointCorrupt({ path, reason })
+    const layout = yield* readLayout(source, path)
+    const policy: DTypePolicy = options?.dtypes ?? "preserve"
+    const ours = Option.isSome(layout.meta)
+    const selected = (options?.weightsOnly === true && ours
+      ? layout.tensors.filter((t) => t.name.startsWith(modelPrefix))
+      : [...layout.tensors]).sort((a, b) => a.position - b.position)
+    if (policy === "tfjs") {
+      const foreign = selected.find((t) => !tfjsDTypes.has(t.dtype))
+      if (foreign !== undefined) {
+        return yield* invalidLoad(
+          path,
+          `tensor "${foreign.name}" is ${foreign.dtype}, which tfjs cannot hold (load with dtypes: "convert" to convert it)`
+        )
+      }
+    }
+
+    const tensors = record<HostTensor>()
+    let scratch: Uint8Array | undefined
+    const finish = (t: TensorLayout, data: TensorData, crc: number) =>
+      Effect.gen(function*() {
+        if (Option.isSome(t.crc) && t.crc.value !== crc >>> 0) {
+          return yield* corrupt(`tensor "${t.name}" fails its checksum (expected ${crcHex(t.crc.value)}, got ${crcHex(crc)})`)
+        }
+        if (t.dtype === "BOOL") {
+          const bytes = data as Uint8Array
+          for (let i = 0; i < bytes.length; i++) {
+            if (bytes[i]! > 1) return yield* corrupt(`tensor "${t.name}" is BOOL but holds the byte ${bytes[i]}`)
+          }
+        }
+        const host: HostTensor = { dtype: t.dtype, shape: t.shape, data } as HostTensor
+        tensors[t.name] = policy === "convert" ? yield* toTfjs(path, t.name, host) : host
+      })
+
+    let i = 0
+    while (i < selected.length) {
+      const t = selected[i]!
+      if (t.byteLength >= smallTensorBytes) {
+        // A large tensor: read straight into its own memory, chunk by chunk, the
+        // checksum of one chunk running while the next is read.
+        const data = new arrayConstructor[t.dtype](t.byteLength / bytesPerElement(t.dtype))
+        const bytes = byteView(data)
+        let crc = 0
+        let pending: Uint8Array | undefined
+        for (let at = 0; at < t.byteLength; at += chunkBytes) {
+          const chunk = bytes.subarray(at, Math.min(at + chunkBytes, t.byteLength))
+          const previous = pending
+          yield* Effect.all([
+            readFully(source, chunk, t.position + at, corrupt),
+            Effect.sync(() => {
+              if (previous !== undefined) crc = crc32(previous, crc)
+            })
+          ], { concurrency: 2 })
+          pending = chunk
+        }
+        if (pending !== undefined) crc = crc32(pending, crc)
+        yield* finish(t, data, crc)
+        i++
+        continue
+      }
+      // A run of small tensors adjacent in the file: one read into the scratch buffer.
+      let j = i
+      let runBytes = 0
+      while (
+        j < selected.length &&
+        selected[j]!.byteLength < smallTensorBytes &&
+        selected[j]!.position === t.position + runBytes &&
+        runBytes + selected[j]!.byteLength <= chunkBytes
+      ) {
+        runBytes += selected[j]!.byteLength
+        j++
+      }
+      scratch ??= new Uint8Array(chunkBytes)
+      const run = scratch.subarray(0, runBytes)
+      yield* readFully(source, run, t.position, corrupt)
+      for (let k = i; k < j; k++) {
+        const s = selected[k]!
+        const from = run.subarray(s.position - t.position, s.position - t.position + s.byteLength)
+        const data = new arrayConstructor[s.dtype](s.byteLength / bytesPerElement(s.dtype))
+        byteView(data).set(from)
+        yield* finish(s, data, crc32(from))
+      }
+      i = j
+    }
+    return { tensors, meta: layout.meta, extraMetadata: layout.extraMetadata }
+  })

@@ -1,0 +1,13 @@
+/**
+ * effect-trainer: Lightning-style training on Effect and TensorFlow.js, with
+ * checkpoints you can trust. Each module is re-exported as a namespace.
+ *
+ * @since 0.1.0
+ */
+export * as Checkpoint from "./Checkpoint.ts"
+export * as CheckpointIO from "./CheckpointIO.ts"
+export * as FaultyFileSystem from "./FaultyFileSystem.ts"
+export * as FileCheckpointIO from "./FileCheckpointIO.ts"
+export * as MemoryCheckpointIO from "./MemoryCheckpointIO.ts"
+export * as SafeTensors from "./SafeTensors.ts"
+export { libraryVersion } from "./version.ts"
