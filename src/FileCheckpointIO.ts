@@ -107,24 +107,27 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
       ? Effect.fail(new CheckpointInvalidArgument({ operation, path: file, reason: "a checkpoint path must name a file" }))
       : Effect.succeed(path.resolve(file))
 
-  /** Commits `tmp` as `target`; if the directory fsync fails, puts the previous file back. */
+  /**
+   * Commits `tmp` as `target`. If the directory fsync fails after the rename, the
+   * previous checkpoint is put back (or, when there was none, the new name removed).
+   */
   const commit = (tmp: string, target: string, dir: string, durable: boolean) =>
     Effect.gen(function*() {
       // A hard link keeps the previous checkpoint reachable until the new one is durable.
       const backup = path.join(dir, temporaryName(path.basename(target), process.pid))
-      const hasBackup = yield* fs.link(target, backup).pipe(
-        Effect.as(true),
-        Effect.catch(() => Effect.succeed(false))
+      const previous = yield* fs.link(target, backup).pipe(
+        Effect.as("linked" as const),
+        Effect.catch((error) => Effect.succeed(isNotFound(error) ? "none" as const : "unlinkable" as const))
       )
-      yield* fs.rename(tmp, target)
-      if (durable) {
-        yield* syncDirectory(dir).pipe(
-          Effect.tapError(() =>
-            (hasBackup ? fs.rename(backup, target) : fs.remove(target, { force: true })).pipe(Effect.ignore)
-          )
-        )
-      }
-      if (hasBackup) yield* fs.remove(backup, { force: true }).pipe(Effect.ignore)
+      const rollback = previous === "linked"
+        ? fs.rename(backup, target)
+        : previous === "none"
+        ? fs.remove(target, { force: true })
+        : Effect.void // the new file is all there is: keep it
+      yield* fs.rename(tmp, target).pipe(
+        Effect.andThen(durable ? syncDirectory(dir).pipe(Effect.tapError(() => Effect.ignore(rollback))) : Effect.void),
+        Effect.ensuring(previous === "linked" ? Effect.ignore(fs.remove(backup, { force: true })) : Effect.void)
+      )
     }).pipe(Effect.uninterruptible)
 
   const save: CheckpointIOShape["save"] = Effect.fn("FileCheckpointIO.save")(function*(checkpoint, file, options) {
