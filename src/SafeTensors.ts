@@ -20,7 +20,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, Option, Result, Schema } from "effect"
+import { Effect, Fiber, Option, Result, Schema } from "effect"
 import { crc32 } from "node:zlib"
 import {
   arrayConstructor,
@@ -236,6 +236,8 @@ export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WriteP
 export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<void, E> =>
   Effect.gen(function*() {
     const crcs = new Array<number>(planned.tensors.length).fill(0)
+    let smallBytes = 0
+    for (const t of planned.tensors) if (t.bytes.byteLength < smallTensorBytes) smallBytes += t.bytes.byteLength
     yield* sink.write(planned.header(crcs))
     let scratch: Uint8Array | undefined
     let filled = 0
@@ -249,7 +251,7 @@ export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<v
       const bytes = planned.tensors[i]!.bytes
       if (bytes.byteLength < smallTensorBytes) {
         crcs[i] = crc32(bytes)
-        scratch ??= new Uint8Array(chunkBytes)
+        scratch ??= new Uint8Array(Math.min(chunkBytes, smallBytes))
         if (filled + bytes.byteLength > scratch.byteLength) yield* flush
         scratch.set(bytes, filled)
         filled += bytes.byteLength
@@ -259,11 +261,10 @@ export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<v
       let crc = 0
       for (let at = 0; at < bytes.byteLength; at += chunkBytes) {
         const chunk = bytes.subarray(at, Math.min(at + chunkBytes, bytes.byteLength))
-        // The checksum of this chunk runs while the sink writes it.
-        const [, next] = yield* Effect.all([sink.write(chunk), Effect.sync(() => crc32(chunk, crc))], {
-          concurrency: 2
-        })
-        crc = next
+        // Start the write (it runs off the main thread), checksum the chunk meanwhile.
+        const writing = yield* Effect.forkChild(sink.write(chunk), { startImmediately: true })
+        crc = crc32(chunk, crc)
+        yield* Fiber.join(writing)
       }
       crcs[i] = crc
     }
@@ -518,7 +519,8 @@ const toTfjs = (path: string, name: string, t: HostTensor): Effect.Effect<HostTe
 
 /**
  * Reads a checkpoint: validates the header, then reads the selected tensors into
- * freshly allocated typed arrays, checking each one's CRC-32 (and BOOL values).
+ * typed arrays over one fresh allocation, checking each one's CRC-32 (and BOOL
+ * values). The allocation is bounded by the source's size.
  */
 export const read = <E>(
   source: ByteSource<E>,
@@ -543,8 +545,21 @@ export const read = <E>(
       }
     }
 
+    // One allocation for every tensor (each at an 8-byte-aligned offset), as a raw
+    // read of the file would make: many large allocations each press V8's garbage
+    // collector (measured: GC took more time than the reads). Gotcha: a tensor kept
+    // alive keeps the whole arena alive.
+    const offsets = new Map<TensorLayout, number>()
+    let arenaBytes = 0
+    for (const t of selected) {
+      offsets.set(t, arenaBytes)
+      arenaBytes += Math.ceil(t.byteLength / 8) * 8
+    }
+    const arena = new ArrayBuffer(arenaBytes)
+    const allocate = (t: TensorLayout): TensorData =>
+      new arrayConstructor[t.dtype](arena, offsets.get(t)!, t.byteLength / bytesPerElement(t.dtype))
+
     const tensors = record<HostTensor>()
-    let scratch: Uint8Array | undefined
     const finish = (t: TensorLayout, data: TensorData, crc: number) =>
       Effect.gen(function*() {
         if (Option.isSome(t.crc) && t.crc.value !== crc >>> 0) {
@@ -560,33 +575,24 @@ export const read = <E>(
         tensors[t.name] = policy === "convert" ? yield* toTfjs(path, t.name, host) : host
       })
 
-    let i = 0
-    while (i < selected.length) {
+    // The reads to make, in file order: a large tensor in chunks straight into its
+    // own memory; a run of small adjacent tensors in one read through a scratch buffer.
+    type Step =
+      | { readonly into: Uint8Array; readonly position: number; readonly large: TensorLayout; readonly last: boolean }
+      | { readonly into: Uint8Array; readonly position: number; readonly run: ReadonlyArray<TensorLayout> }
+    const steps: Array<Step> = []
+    const scratches = [new Uint8Array(0), new Uint8Array(0)]
+    for (let i = 0; i < selected.length;) {
       const t = selected[i]!
       if (t.byteLength >= smallTensorBytes) {
-        // A large tensor: read straight into its own memory, chunk by chunk, the
-        // checksum of one chunk running while the next is read.
-        const data = new arrayConstructor[t.dtype](t.byteLength / bytesPerElement(t.dtype))
-        const bytes = byteView(data)
-        let crc = 0
-        let pending: Uint8Array | undefined
+        const bytes = byteView(allocate(t))
         for (let at = 0; at < t.byteLength; at += chunkBytes) {
-          const chunk = bytes.subarray(at, Math.min(at + chunkBytes, t.byteLength))
-          const previous = pending
-          yield* Effect.all([
-            readFully(source, chunk, t.position + at, corrupt),
-            Effect.sync(() => {
-              if (previous !== undefined) crc = crc32(previous, crc)
-            })
-          ], { concurrency: 2 })
-          pending = chunk
+          const end = Math.min(at + chunkBytes, t.byteLength)
+          steps.push({ into: bytes.subarray(at, end), position: t.position + at, large: t, last: end === t.byteLength })
         }
-        if (pending !== undefined) crc = crc32(pending, crc)
-        yield* finish(t, data, crc)
         i++
         continue
       }
-      // A run of small tensors adjacent in the file: one read into the scratch buffer.
       let j = i
       let runBytes = 0
       while (
@@ -598,17 +604,49 @@ export const read = <E>(
         runBytes += selected[j]!.byteLength
         j++
       }
-      scratch ??= new Uint8Array(chunkBytes)
-      const run = scratch.subarray(0, runBytes)
-      yield* readFully(source, run, t.position, corrupt)
-      for (let k = i; k < j; k++) {
-        const s = selected[k]!
-        const from = run.subarray(s.position - t.position, s.position - t.position + s.byteLength)
-        const data = new arrayConstructor[s.dtype](s.byteLength / bytesPerElement(s.dtype))
-        byteView(data).set(from)
-        yield* finish(s, data, crc32(from))
+      // Two scratch buffers in turn: one is read into while the other is unpacked.
+      const which = steps.length % 2
+      if (scratches[which]!.byteLength < runBytes) {
+        scratches[which] = new Uint8Array(Math.min(chunkBytes, Math.max(runBytes, 2 * scratches[which]!.byteLength)))
       }
+      steps.push({ into: scratches[which]!.subarray(0, runBytes), position: t.position, run: selected.slice(i, j) })
       i = j
     }
+
+    // A pipeline: step k is read (off the main thread) while step k-1 is checksummed.
+    const running = new Map<TensorLayout, number>()
+    const process = (step: Step) =>
+      Effect.gen(function*() {
+        if ("large" in step) {
+          const crc = crc32(step.into, running.get(step.large) ?? 0)
+          running.set(step.large, crc)
+          if (step.last) {
+            running.delete(step.large)
+            const data = new arrayConstructor[step.large.dtype](
+              arena,
+              offsets.get(step.large)!,
+              step.large.byteLength / bytesPerElement(step.large.dtype)
+            )
+            yield* finish(step.large, data, crc)
+          }
+          return
+        }
+        for (const s of step.run) {
+          const from = step.into.subarray(s.position - step.position, s.position - step.position + s.byteLength)
+          const data = allocate(s)
+          byteView(data).set(from)
+          yield* finish(s, data, crc32(from))
+        }
+      })
+    let previous: Step | undefined
+    for (const step of steps) {
+      const reading = yield* Effect.forkChild(readFully(source, step.into, step.position, corrupt), {
+        startImmediately: true
+      })
+      if (previous !== undefined) yield* process(previous)
+      yield* Fiber.join(reading)
+      previous = step
+    }
+    if (previous !== undefined) yield* process(previous)
     return { tensors, meta: layout.meta, extraMetadata: layout.extraMetadata }
   })

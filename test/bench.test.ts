@@ -1,0 +1,25 @@
+import { assert, describe, it } from "@effect/vitest"
+import { execFileSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+
+// The benchmarks must keep running; their figures are for notes, never asserted here.
+describe("benchmarks (smoke)", () => {
+  it("bench:io runs on a small checkpoint and writes its JSON", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-smoke-"))
+    try {
+      const json = path.join(dir, "io.json")
+      execFileSync(process.execPath, ["--expose-gc", "bench/io.ts", "--mb", "4", "--tensors", "4", "--repeats", "1", "--dir", dir, "--json", json], {
+        stdio: "pipe"
+      })
+      const result = JSON.parse(fs.readFileSync(json, "utf8")) as Record<string, number>
+      assert.deepStrictEqual(Object.keys(result).sort(), ["bytes", "load_vs_raw", "save_vs_raw"])
+      assert.strictEqual(result["bytes"], 4 * 1024 * 1024)
+      assert.isAbove(result["save_vs_raw"]!, 0)
+      assert.isAbove(result["load_vs_raw"]!, 0)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
