@@ -86,6 +86,12 @@ export interface HostTensor<D extends DType = DType> {
   readonly dtype: D
   readonly shape: ReadonlyArray<number>
   readonly data: TypedArrayOf[D]
+  /**
+   * The CRC-32 of `data`'s bytes, when already known (computed off the main thread by
+   * `ChecksumWorker`, say); storage then skips computing it. It must be right: a
+   * wrong value makes the saved file fail its checksum on load.
+   */
+  readonly crc32?: number | undefined
 }
 
 /** Builds a host tensor, checking nothing: `CheckpointIO.save` validates. */

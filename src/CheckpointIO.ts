@@ -16,7 +16,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Data, type Effect, PlatformError } from "effect"
+import { Context, Data, Effect, PlatformError } from "effect"
 import type { Checkpoint } from "./Checkpoint.ts"
 
 /** The operations of the service, named in errors. */
@@ -72,11 +72,24 @@ export class CheckpointInvalidArgument extends Data.TaggedError("CheckpointInval
   }
 }
 
+/**
+ * One or more background saves failed (an asynchronous store reports them on the
+ * next call, and on `flush`, exactly once). Each failure names its file and reason.
+ */
+export class BackgroundSaveFailed extends Data.TaggedError("BackgroundSaveFailed")<{
+  readonly failures: ReadonlyArray<{ readonly path: string; readonly error: CheckpointIOError }>
+}> {
+  override get message(): string {
+    return `background save failed: ${this.failures.map((f) => f.error.message).join("; ")}`
+  }
+}
+
 export type CheckpointIOError =
   | CheckpointNotFound
   | CheckpointCorrupt
   | CheckpointStorageError
   | CheckpointInvalidArgument
+  | BackgroundSaveFailed
 
 export interface SaveOptions {
   /**
@@ -85,6 +98,15 @@ export interface SaveOptions {
    * the write stays atomic for readers either way.
    */
   readonly durable?: boolean | undefined
+  /**
+   * How an asynchronous store takes the tensors before `save` returns (synchronous
+   * stores write them before returning and ignore this):
+   * - `"copy"` (default): it copies them; the caller may change its arrays at once;
+   * - `"transfer"`: the caller hands them over: the store takes their buffers
+   *   without copying (`ArrayBuffer.transfer`), which detaches the caller's arrays.
+   *   For freshly staged snapshots that nothing else uses, as the Strategy makes.
+   */
+  readonly snapshot?: "copy" | "transfer" | undefined
 }
 
 /**
@@ -131,7 +153,26 @@ export interface CheckpointIOShape {
   readonly remove: (path: string) => Effect.Effect<void, CheckpointIOError>
   readonly exists: (path: string) => Effect.Effect<boolean, CheckpointIOError>
   readonly list: (dir: string) => Effect.Effect<ReadonlyArray<CheckpointEntry>, CheckpointIOError>
+  /**
+   * Waits until every save accepted so far is committed, and reports a background
+   * save that failed. Immediate for synchronous stores.
+   */
+  readonly flush: Effect.Effect<void, CheckpointIOError>
 }
+
+/**
+ * Refuses a path that cannot name a checkpoint (empty, or ending in a separator).
+ * Stores call it first, so that the error is the same whatever the store.
+ */
+export const checkPath = (operation: Operation, path: string): Effect.Effect<void, CheckpointInvalidArgument> =>
+  path.length === 0 || path.endsWith("/") || path.endsWith("\\")
+    ? Effect.fail(new CheckpointInvalidArgument({ operation, path, reason: "a checkpoint path must name a file" }))
+    : Effect.void
+
+/** Builds a store from its operations; `flush` defaults to nothing to wait for. */
+export const make = (
+  operations: Omit<CheckpointIOShape, "flush"> & { readonly flush?: CheckpointIOShape["flush"] | undefined }
+): CheckpointIOShape => ({ ...operations, flush: operations.flush ?? Effect.void })
 
 /** The service key. Provide it with `FileCheckpointIO.layer`, `MemoryCheckpointIO.layer`, … */
 export class CheckpointIO extends Context.Service<CheckpointIO, CheckpointIOShape>()("effect-trainer/CheckpointIO") {}

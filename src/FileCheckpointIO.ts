@@ -23,10 +23,12 @@ import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import {
   CheckpointInvalidArgument,
   CheckpointIO,
+  make as CheckpointIOMake,
   type CheckpointEntry,
   type CheckpointIOError,
   type CheckpointIOShape,
   CheckpointNotFound,
+  checkPath,
   type Operation,
   storageError
 } from "./CheckpointIO.ts"
@@ -103,9 +105,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
   })
 
   const resolveTarget = (operation: Operation, file: string) =>
-    file.length === 0 || file.endsWith("/") || file.endsWith(path.sep)
-      ? Effect.fail(new CheckpointInvalidArgument({ operation, path: file, reason: "a checkpoint path must name a file" }))
-      : Effect.succeed(path.resolve(file))
+    Effect.as(checkPath(operation, file), path.resolve(file))
 
   /**
    * Commits `tmp` as `target`. If the directory fsync fails after the rename, the
@@ -223,7 +223,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
     return entries
   })
 
-  return { save, load, remove, exists, list }
+  return CheckpointIOMake({ save, load, remove, exists, list })
 })
 
 /** The file store over whatever `FileSystem` and `Path` the application provides. */

@@ -19,8 +19,10 @@ import * as posix from "node:path/posix"
 import {
   CheckpointInvalidArgument,
   CheckpointIO,
+  make as CheckpointIOMake,
   type CheckpointIOShape,
   CheckpointNotFound,
+  checkPath,
   type Operation
 } from "./CheckpointIO.ts"
 import * as SafeTensors from "./SafeTensors.ts"
@@ -75,9 +77,9 @@ export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect
 
   const key = (operation: Operation, path: string) => {
     const normal = normalize(path)
-    return path.length === 0 || path.endsWith("/") || normal === "." || normal === "/"
+    return normal === "." || normal === "/"
       ? Effect.fail(new CheckpointInvalidArgument({ operation, path, reason: "a checkpoint path must name a file" }))
-      : Effect.succeed(normal)
+      : Effect.as(checkPath(operation, path), normal)
   }
 
   const save: CheckpointIOShape["save"] = Effect.fn("MemoryCheckpointIO.save")(function*(checkpoint, path) {
@@ -114,7 +116,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect
       .map(([path, file]) => ({ path, modifiedAt: file.modifiedAt, size: file.bytes.byteLength }))
   })
 
-  return { save, load, remove, exists, list }
+  return CheckpointIOMake({ save, load, remove, exists, list })
 })
 
 /** The memory store with the `MemoryStore` exposed, for tests that inspect bytes. */

@@ -88,6 +88,8 @@ const crcHex = (crc: number): string => (crc >>> 0).toString(16).padStart(8, "0"
 interface PlannedTensor {
   readonly name: string
   readonly bytes: Uint8Array
+  /** Already computed by the caller (see `HostTensor.crc32`). */
+  readonly crc32: number | undefined
 }
 
 /** A validated checkpoint, ready to be written: the header size is fixed. */
@@ -166,25 +168,18 @@ const encodeHeader = (json: string, withHeaderCrc: boolean): Uint8Array => {
 }
 
 /**
- * Validates a checkpoint for writing (names, dtypes, shapes against data, metadata
- * keys) and fixes the header layout. Fails with `CheckpointInvalidArgument`.
+ * Checks that a checkpoint can be written: tensor names, dtypes, shapes against
+ * data, BOOL values, metadata keys and the meta's schema. Cheap (no data is copied);
+ * asynchronous stores call it before accepting a save, so that a bad checkpoint
+ * fails at once. Returns the meta encoded for the header.
  */
-export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WritePlan, CheckpointInvalidArgument> =>
+export const validate = (checkpoint: Checkpoint, path: string): Effect.Effect<Record<string, string>, CheckpointInvalidArgument> =>
   Effect.gen(function*() {
-    const tensors: Array<PlannedTensor> = []
-    const entries: Array<readonly [string, { dtype: DType; shape: ReadonlyArray<number>; data_offsets: [number, number] }]> =
-      []
-    let offset = 0
     for (const name of Object.keys(checkpoint.tensors)) {
       if (name.length === 0 || name === metadataKey) {
         return yield* invalid(path, `"${name}" is not a valid tensor name`)
       }
-      const t = checkpoint.tensors[name]!
-      yield* validateTensor(path, name, t)
-      const bytes = byteView(t.data)
-      entries.push([name, { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.byteLength] }])
-      tensors.push({ name, bytes })
-      offset += bytes.byteLength
+      yield* validateTensor(path, name, checkpoint.tensors[name]!)
     }
     const metadata = record<string>()
     for (const [key, value] of Object.entries(checkpoint.extraMetadata)) {
@@ -200,6 +195,27 @@ export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WriteP
       )
       metadata[formatKey] = formatVersion
       metadata[metaKey] = JSON.stringify(encoded)
+    }
+    return metadata
+  })
+
+/**
+ * Validates a checkpoint for writing (see `validate`) and fixes the header layout.
+ * Fails with `CheckpointInvalidArgument`.
+ */
+export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WritePlan, CheckpointInvalidArgument> =>
+  Effect.gen(function*() {
+    const metadata = yield* validate(checkpoint, path)
+    const tensors: Array<PlannedTensor> = []
+    const entries: Array<readonly [string, { dtype: DType; shape: ReadonlyArray<number>; data_offsets: [number, number] }]> =
+      []
+    let offset = 0
+    for (const name of Object.keys(checkpoint.tensors)) {
+      const t = checkpoint.tensors[name]!
+      const bytes = byteView(t.data)
+      entries.push([name, { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.byteLength] }])
+      tensors.push({ name, bytes, crc32: t.crc32 })
+      offset += bytes.byteLength
     }
     const names = tensors.map((t) => t.name)
     const build = (crcs: ReadonlyArray<number>): string => {
@@ -248,9 +264,9 @@ export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<v
       return sink.write(chunk)
     })
     for (let i = 0; i < planned.tensors.length; i++) {
-      const bytes = planned.tensors[i]!.bytes
+      const { bytes, crc32: known } = planned.tensors[i]!
       if (bytes.byteLength < smallTensorBytes) {
-        crcs[i] = crc32(bytes)
+        crcs[i] = known ?? crc32(bytes)
         scratch ??= new Uint8Array(Math.min(chunkBytes, smallBytes))
         if (filled + bytes.byteLength > scratch.byteLength) yield* flush
         scratch.set(bytes, filled)
@@ -258,6 +274,13 @@ export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<v
         continue
       }
       yield* flush
+      if (known !== undefined) {
+        for (let at = 0; at < bytes.byteLength; at += chunkBytes) {
+          yield* sink.write(bytes.subarray(at, Math.min(at + chunkBytes, bytes.byteLength)))
+        }
+        crcs[i] = known
+        continue
+      }
       let crc = 0
       for (let at = 0; at < bytes.byteLength; at += chunkBytes) {
         const chunk = bytes.subarray(at, Math.min(at + chunkBytes, bytes.byteLength))

@@ -4,8 +4,10 @@
  *
  * @since 0.1.0
  */
+export * as AsyncCheckpointIO from "./AsyncCheckpointIO.ts"
 export * as Checkpoint from "./Checkpoint.ts"
 export * as CheckpointIO from "./CheckpointIO.ts"
+export * as ChecksumWorker from "./ChecksumWorker.ts"
 export * as FaultyFileSystem from "./FaultyFileSystem.ts"
 export * as FileCheckpointIO from "./FileCheckpointIO.ts"
 export * as MemoryCheckpointIO from "./MemoryCheckpointIO.ts"

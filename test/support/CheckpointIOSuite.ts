@@ -141,6 +141,7 @@ export const checkpointIOSuite = (name: string, makeLayer: () => Layer.Layer<Che
       yield* io.save(sample(1), at("b.ckpt"))
       yield* io.save(sample(1), at("a.ckpt"))
       yield* io.save(sample(1), at("sub/c.ckpt"))
+      yield* raw.settle
       assert.isTrue(yield* io.exists(at("a.ckpt")))
       assert.isFalse(yield* io.exists(at("nope.ckpt")))
       const listed = yield* io.list(raw.root)

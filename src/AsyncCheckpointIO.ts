@@ -1,0 +1,259 @@
+/**
+ * `AsyncCheckpointIO`: saves in the background while training goes on.
+ *
+ * A scoped Layer that wraps any `CheckpointIO` (the one it is provided with: the file
+ * store, the memory store, your own) and runs its saves on a bounded pool of fibers.
+ * It keeps Lightning's `AsyncCheckpointIO` idea and leaves out its known defects:
+ *
+ * - `save` returns once the pool owns a snapshot of the checkpoint (a copy, or the
+ *   caller's buffers with `snapshot: "transfer"`); changing the caller's arrays
+ *   afterwards never changes what is written.
+ * - At most `maxPending` checkpoints are held in memory (default 2); a further
+ *   `save` waits for room instead of growing memory. At most `concurrency` saves
+ *   write at once (default 1).
+ * - Operations on one path keep their order: `load`, `exists` and `remove` of a
+ *   path wait for its pending saves, so a save followed by a remove leaves no file
+ *   and a load right after a save finds it. Two saves of one path commit in order.
+ *   `list` shows committed checkpoints only.
+ * - A failed background save is reported, as `BackgroundSaveFailed` naming the file
+ *   and the reason, by the next call (before it queues anything) or by `flush`,
+ *   exactly once; the saves after it work as usual.
+ * - `flush` waits for everything accepted so far. Closing the Layer's scope flushes,
+ *   then the wrapped store's own scope closes (its teardown runs). A save is atomic
+ *   in the wrapped store, so an interrupted one leaves no file under its final name.
+ * - Checksums run on a worker thread (`ChecksumWorker`), so the main thread, where
+ *   training runs, only orchestrates I/O that itself runs off-thread.
+ * - Each background save is a span (`AsyncCheckpointIO.write`, with the path, bytes
+ *   and time queued) and updates the metrics `checkpoint_async_queued_ms`,
+ *   `checkpoint_async_write_ms` and `checkpoint_async_bytes`.
+ *
+ * @example
+ * ```ts
+ * const io = AsyncCheckpointIO.layer({ maxPending: 2 }).pipe(Layer.provide(FileCheckpointIO.layerNode))
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Cause, Clock, Deferred, Effect, FiberSet, Layer, Metric, Semaphore } from "effect"
+import * as posix from "node:path/posix"
+import { arrayConstructor, type Checkpoint, type HostTensor, type TensorData } from "./Checkpoint.ts"
+import * as ChecksumWorker from "./ChecksumWorker.ts"
+import {
+  BackgroundSaveFailed,
+  CheckpointInvalidArgument,
+  CheckpointIO,
+  type CheckpointIOError,
+  type CheckpointIOShape,
+  CheckpointStorageError,
+  checkPath,
+  type SaveOptions
+} from "./CheckpointIO.ts"
+import * as FileCheckpointIO from "./FileCheckpointIO.ts"
+import * as SafeTensors from "./SafeTensors.ts"
+
+export interface Options {
+  /** Saves that write at the same time (default 1). */
+  readonly concurrency?: number | undefined
+  /** Checkpoints held in memory at most, queued or writing (default 2). */
+  readonly maxPending?: number | undefined
+  /** Checksum on a worker thread (default true). */
+  readonly checksumWorker?: boolean | undefined
+}
+
+const queuedMs = Metric.histogram("checkpoint_async_queued_ms", {
+  description: "Time a background checkpoint save waited before writing",
+  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 16 })
+})
+const writeMs = Metric.histogram("checkpoint_async_write_ms", {
+  description: "Time a background checkpoint save spent writing",
+  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 16 })
+})
+const bytesSaved = Metric.counter("checkpoint_async_bytes", {
+  description: "Bytes of tensor data saved in the background"
+})
+
+/** Takes the tensors out of the caller's hands: copied, or their buffers transferred. */
+const snapshotTensors = (
+  tensors: Readonly<Record<string, HostTensor>>,
+  mode: "copy" | "transfer"
+): Record<string, HostTensor> => {
+  const out: Record<string, HostTensor> = Object.create(null)
+  // Offsets first: a view of a transferred buffer reads as empty afterwards.
+  const views = Object.entries(tensors).map(([name, t]) => ({ name, t, offset: t.data.byteOffset, length: t.data.length }))
+  const moved = new Map<ArrayBufferLike, ArrayBuffer | undefined>()
+  if (mode === "transfer") {
+    for (const { t } of views) {
+      const buffer = t.data.buffer
+      if (moved.has(buffer)) continue
+      let target: ArrayBuffer | undefined
+      if (buffer instanceof ArrayBuffer && (buffer as { detached?: boolean }).detached !== true) {
+        try {
+          target = (buffer as ArrayBuffer & { transfer: () => ArrayBuffer }).transfer()
+        } catch {
+          target = undefined // not transferable (a pooled Buffer, wasm memory): copied below
+        }
+      }
+      moved.set(buffer, target)
+    }
+  }
+  for (const { length, name, offset, t } of views) {
+    const target = moved.get(t.data.buffer)
+    const data: TensorData = target !== undefined
+      ? new arrayConstructor[t.dtype](target, offset, length)
+      : t.data.slice()
+    out[name] = { ...t, data } as HostTensor
+  }
+  return out
+}
+
+const tensorBytes = (tensors: Readonly<Record<string, HostTensor>>) => {
+  let n = 0
+  for (const name in tensors) n += tensors[name]!.data.byteLength
+  return n
+}
+
+/** The pool over the `CheckpointIO` in context. */
+export const make = (options?: Options) =>
+  Effect.gen(function*() {
+    const base = yield* CheckpointIO
+    const concurrency = options?.concurrency ?? 1
+    const maxPending = options?.maxPending ?? 2
+    for (const [name, value] of [["concurrency", concurrency], ["maxPending", maxPending]] as const) {
+      if (!Number.isInteger(value) || value < 1) {
+        return yield* new CheckpointInvalidArgument({
+          operation: "save",
+          path: "",
+          reason: `AsyncCheckpointIO option ${name} must be a positive integer, got ${value}`
+        })
+      }
+    }
+    const writers = yield* Semaphore.make(concurrency)
+    const memory = yield* Semaphore.make(maxPending)
+    const fibers = yield* FiberSet.make<void, never>()
+    const checksums = options?.checksumWorker === false ? undefined : yield* ChecksumWorker.make
+    /** Per path: completes when the newest accepted save of that path has finished. */
+    const pending = new Map<string, Deferred.Deferred<void>>()
+    let failures: Array<{ readonly path: string; readonly error: CheckpointIOError }> = []
+
+    const key = (path: string) => posix.normalize(path)
+
+    const report = Effect.suspend(() => {
+      if (failures.length === 0) return Effect.void
+      const reported = failures
+      failures = []
+      return Effect.fail(new BackgroundSaveFailed({ failures: reported }))
+    })
+
+    const settled = (path: string) =>
+      Effect.suspend(() => {
+        const done = pending.get(key(path))
+        return done === undefined ? Effect.void : Deferred.await(done)
+      })
+
+    const record = (path: string) => (cause: Cause.Cause<CheckpointIOError>) =>
+      Effect.sync(() => {
+        if (Cause.hasInterruptsOnly(cause)) return
+        const error = cause.reasons.find(Cause.isFailReason)?.error ??
+          new CheckpointStorageError({ operation: "save", path, reason: "Other", cause: Cause.squash(cause) })
+        failures.push({ path, error })
+      })
+
+    const write = (snapshot: Checkpoint, path: string, options: SaveOptions | undefined, queuedAt: number) =>
+      Effect.gen(function*() {
+        const startedAt = yield* Clock.currentTimeMillis
+        const bytes = tensorBytes(snapshot.tensors)
+        yield* Effect.annotateCurrentSpan({ path, bytes, queuedMs: startedAt - queuedAt })
+        const tensors = checksums === undefined ? snapshot.tensors : yield* checksums.checksum(snapshot.tensors)
+        yield* base.save({ ...snapshot, tensors }, path, { durable: options?.durable })
+        const finishedAt = yield* Clock.currentTimeMillis
+        yield* Metric.update(queuedMs, startedAt - queuedAt)
+        yield* Metric.update(writeMs, finishedAt - startedAt)
+        yield* Metric.update(bytesSaved, bytes)
+      }).pipe(Effect.withSpan("AsyncCheckpointIO.write"))
+
+    const save: CheckpointIOShape["save"] = Effect.fn("AsyncCheckpointIO.save")(function*(checkpoint, path, options) {
+      yield* report
+      // A checkpoint that can never be written fails now, not in the background.
+      yield* checkPath("save", path)
+      yield* SafeTensors.validate(checkpoint, path)
+      // Backpressure: wait for room before taking anything into memory.
+      yield* Effect.uninterruptibleMask((restore) => Effect.andThen(restore(memory.take(1)), Effect.gen(function*() {
+        const snapshot: Checkpoint = {
+          ...checkpoint,
+          tensors: snapshotTensors(checkpoint.tensors, options?.snapshot ?? "copy")
+        }
+        const k = key(path)
+        const previous = pending.get(k)
+        const done = yield* Deferred.make<void>()
+        pending.set(k, done)
+        const queuedAt = yield* Clock.currentTimeMillis
+        const job = Effect.gen(function*() {
+          // A second save of one path commits after the first.
+          if (previous !== undefined) yield* Deferred.await(previous)
+          yield* writers.withPermits(1)(write(snapshot, path, options, queuedAt))
+        }).pipe(
+          Effect.catchCause(record(path)),
+          Effect.ensuring(Effect.gen(function*() {
+            yield* memory.release(1)
+            if (pending.get(k) === done) pending.delete(k)
+            yield* Deferred.succeed(done, undefined)
+          }))
+        )
+        yield* FiberSet.run(fibers, job, { startImmediately: true })
+      })))
+    })
+
+    const load: CheckpointIOShape["load"] = Effect.fn("AsyncCheckpointIO.load")(function*(path, options) {
+      yield* report
+      yield* settled(path)
+      return yield* base.load(path, options)
+    })
+
+    const remove: CheckpointIOShape["remove"] = Effect.fn("AsyncCheckpointIO.remove")(function*(path) {
+      yield* report
+      yield* settled(path)
+      yield* base.remove(path)
+    })
+
+    const exists: CheckpointIOShape["exists"] = Effect.fn("AsyncCheckpointIO.exists")(function*(path) {
+      yield* report
+      yield* settled(path)
+      return yield* base.exists(path)
+    })
+
+    const list: CheckpointIOShape["list"] = Effect.fn("AsyncCheckpointIO.list")(function*(dir) {
+      yield* report
+      return yield* base.list(dir)
+    })
+
+    const flush: CheckpointIOShape["flush"] = Effect.gen(function*() {
+      yield* FiberSet.awaitEmpty(fibers)
+      yield* base.flush
+      yield* report
+    }).pipe(Effect.withSpan("AsyncCheckpointIO.flush"))
+
+    // Closing the scope: everything accepted is written before the wrapped store closes.
+    yield* Effect.addFinalizer(() =>
+      flush.pipe(
+        Effect.catch((error) => Effect.logError(`AsyncCheckpointIO: ${error.message}`)),
+        Effect.withSpan("AsyncCheckpointIO.close")
+      )
+    )
+
+    return { save, load, remove, exists, list, flush } satisfies CheckpointIOShape
+  })
+
+/**
+ * Background saves over the `CheckpointIO` this layer is provided with.
+ *
+ * @example
+ * ```ts
+ * AsyncCheckpointIO.layer().pipe(Layer.provide(MemoryCheckpointIO.layer))
+ * ```
+ */
+export const layer = (options?: Options): Layer.Layer<CheckpointIO, CheckpointInvalidArgument, CheckpointIO> =>
+  Layer.effect(CheckpointIO, make(options))
+
+/** Background saves over the default file store on Node's file system. */
+export const layerNode = (options?: Options): Layer.Layer<CheckpointIO, CheckpointInvalidArgument> =>
+  layer(options).pipe(Layer.provide(FileCheckpointIO.layerNode))
