@@ -98,24 +98,26 @@ export const make: Effect.Effect<ChecksumWorker, never, Scope.Scope> = Effect.ge
         group.push([name, t])
         groups.set(t.data.buffer, group)
       }
-      for (const [buffer, group] of groups) {
-        // Taken before the transfer: afterwards the views read as empty.
-        const ranges = group.map(([, t]): [number, number] => [t.data.byteOffset, t.data.byteLength])
-        const reply = yield* remote(buffer, ranges)
-        if (reply === undefined) {
-          if ((buffer as { readonly detached?: boolean }).detached === true) {
-            // Transferred to a worker that then crashed: the snapshot is gone.
-            return yield* Effect.die(new Error("the checksum worker crashed while holding a snapshot buffer"))
+      // All buffers are posted at once: the worker checksums them back to back.
+      yield* Effect.forEach([...groups], ([buffer, group]) =>
+        Effect.gen(function*() {
+          // Taken before the transfer: afterwards the views read as empty.
+          const ranges = group.map(([, t]): [number, number] => [t.data.byteOffset, t.data.byteLength])
+          const reply = yield* remote(buffer, ranges)
+          if (reply === undefined) {
+            if ((buffer as { readonly detached?: boolean }).detached === true) {
+              // Transferred to a worker that then crashed: the snapshot is gone.
+              return yield* Effect.die(new Error("the checksum worker crashed while holding a snapshot buffer"))
+            }
+            Object.assign(out, inPlace(Object.fromEntries(group)))
+            return
           }
-          Object.assign(out, inPlace(Object.fromEntries(group)))
-          continue
-        }
-        group.forEach(([name, t], i) => {
-          const [offset, length] = ranges[i]!
-          const data = new arrayConstructor[t.dtype](reply.buffer, offset, length / bytesPerElement(t.dtype))
-          out[name] = { ...t, data, crc32: reply.crcs[i]! } as HostTensor
-        })
-      }
+          group.forEach(([name, t], i) => {
+            const [offset, length] = ranges[i]!
+            const data = new arrayConstructor[t.dtype](reply.buffer, offset, length / bytesPerElement(t.dtype))
+            out[name] = { ...t, data, crc32: reply.crcs[i]! } as HostTensor
+          })
+        }), { concurrency: "unbounded", discard: true })
       return out
     })
 

@@ -22,4 +22,20 @@ describe("benchmarks (smoke)", () => {
       fs.rmSync(dir, { recursive: true, force: true })
     }
   })
+
+  it("bench:async runs on a small checkpoint and writes its JSON", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-smoke-"))
+    try {
+      const json = path.join(dir, "async.json")
+      execFileSync(process.execPath, ["--expose-gc", "bench/async.ts", "--mb", "8", "--tensors", "4", "--repeats", "1", "--dir", dir, "--json", json], {
+        stdio: "pipe"
+      })
+      const result = JSON.parse(fs.readFileSync(json, "utf8")) as Record<string, number>
+      assert.deepStrictEqual(Object.keys(result).sort(), ["blocking_vs_sync", "step_slowdown"])
+      assert.isAbove(result["blocking_vs_sync"]!, 0)
+      assert.isAbove(result["step_slowdown"]!, 0)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
 })
