@@ -1,0 +1,458 @@
+/**
+ * `Device`: the TensorFlow.js backend a run computes on, as an Effect service.
+ *
+ * The counterpart of Lightning's accelerator: a Layer picks and readies the backend
+ * (`tensorflow` from `@tensorflow/tfjs-node-gpu` / `@tensorflow/tfjs-node`, `wasm`,
+ * or `cpu`), the service hands out the `tf` namespace to compute with, and moves
+ * tensors between tfjs and host memory (`stage` for checkpoints, `upload` for
+ * restores). The Layer's scope is the run: on release, every tensor and variable
+ * the run allocated is disposed.
+ *
+ * Gotchas:
+ * - TensorFlow.js is a process-global singleton (one engine, one active backend, one
+ *   kernel registry), so only one `Device` may be live at a time: acquiring a second
+ *   one while another is live fails with `DeviceError`. Build the Layer once and
+ *   share it; acquire a new one after the previous scope closed.
+ * - Do not call `tf.setBackend` yourself while a `Device` is live.
+ * - `tensorflow` needs the optional peers `@tensorflow/tfjs-node(-gpu)`, which
+ *   download libtensorflow on install; they are loaded with a dynamic `import()`,
+ *   and `auto` falls back to `wasm`, then `cpu`, with a log line.
+ * - On `wasm`, kernels the backend lacks are registered (see `WasmKernels`), so conv
+ *   models train there.
+ *
+ * @since 0.1.0
+ */
+import * as tf from "@tensorflow/tfjs"
+import "@tensorflow/tfjs-backend-wasm"
+import { Config, Context, Data, Effect, Layer, type Scope } from "effect"
+import { elementCount, type HostTensor } from "./Checkpoint.ts"
+import * as WasmKernels from "./WasmKernels.ts"
+
+/** The backends a `Device` can run on. */
+export const backendNames = ["tensorflow", "wasm", "cpu"] as const
+
+export type BackendName = typeof backendNames[number]
+
+/** What to ask for: a backend by name, or `auto` (the fastest that comes up). */
+export const backendChoices = ["auto", ...backendNames] as const
+
+export type BackendChoice = typeof backendChoices[number]
+
+/**
+ * The backend could not be brought up, or a tensor could not be moved. `backend` is
+ * the backend (or `auto`) concerned; `reason` says what went wrong and names the
+ * tensor where there is one.
+ */
+export class DeviceError extends Data.TaggedError("DeviceError")<{
+  readonly backend: string
+  readonly reason: string
+  readonly cause?: unknown
+}> {
+  override get message(): string {
+    return `device ${this.backend}: ${this.reason}`
+  }
+}
+
+/** The service. */
+export interface DeviceShape {
+  /** The tfjs namespace to compute with (the process-global one, on `backend`). */
+  readonly tf: typeof tf
+  /** The active backend. */
+  readonly backend: BackendName
+  /** Whether tfjs computes on a GPU: `tf.backend().isUsingGpuDevice` on `tensorflow`; `false` otherwise. */
+  readonly isGpu: boolean
+  /**
+   * Copies tensors to host memory: float32, int32 and bool become `F32`, `I32` and
+   * `BOOL`; other dtypes fail with `DeviceError` naming the tensor. The copy is a
+   * snapshot that never aliases tfjs memory (on `cpu`, `dataSync()` returns the
+   * tensor's own array, so it is copied; on `wasm`, `dataSync()` already copies out
+   * of the heap, so it is taken as is). The tensors stay the caller's.
+   */
+  readonly stage: (tensors: Readonly<Record<string, tf.Tensor>>) => Effect.Effect<Record<string, HostTensor>, DeviceError>
+  /**
+   * Builds tfjs tensors from host tensors (`F32`, `I32`, `BOOL`; any other dtype, a
+   * data length that does not match the shape, or a typed array of the wrong kind
+   * fails with `DeviceError` naming the tensor, and nothing is left allocated). The
+   * tensors never alias the host arrays. The caller owns them and disposes them;
+   * those still alive when the `Device` is released are disposed then.
+   */
+  readonly upload: (tensors: Readonly<Record<string, HostTensor>>) => Effect.Effect<Record<string, tf.Tensor>, DeviceError>
+}
+
+/** The service key. Provide it with `layer(choice)` or `layerConfig`. */
+export class Device extends Context.Service<Device, DeviceShape>()("effect-trainer/Device") {}
+
+// ---------------------------------------------------------------------------
+// Bringing a backend up
+
+/** Where the `tensorflow` backend comes from, in order of preference. */
+export const tensorflowPackages = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const
+
+const messageOf = (cause: unknown): string => cause instanceof Error ? cause.message : String(cause)
+
+/** Is this import failure "the package is not installed" (rather than "it is broken")? */
+const isNotInstalled = (cause: unknown): boolean => {
+  if (typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ERR_MODULE_NOT_FOUND") {
+    return true
+  }
+  // Bundlers and test runners (vite, vitest) word it their own way.
+  return /Cannot find (package|module)|Could not resolve|Failed to (load|resolve)/.test(messageOf(cause))
+}
+
+interface ImportFailure {
+  readonly packageName: string
+  readonly cause: unknown
+}
+
+const describeFailure = ({ cause, packageName }: ImportFailure): string =>
+  `${packageName}: ${isNotInstalled(cause) ? "not installed" : messageOf(cause)}`
+
+/**
+ * Registers the `tensorflow` backend by importing the first of `tensorflowPackages`
+ * that loads (each registers it on import). Nothing to do when it is registered
+ * already (the user imported tfjs-node).
+ */
+const loadTensorflow: Effect.Effect<void, DeviceError> = Effect.suspend(() => {
+  const failures: Array<ImportFailure> = []
+  const tryNext = (index: number): Effect.Effect<void, DeviceError> => {
+    if (tf.findBackendFactory("tensorflow") !== null) return Effect.void
+    const packageName = tensorflowPackages[index]
+    if (packageName === undefined) {
+      return Effect.fail(
+        new DeviceError({
+          backend: "tensorflow",
+          reason: `no TensorFlow.js native binding loads (${failures.map(describeFailure).join("; ")})`,
+          cause: failures.map((failure) => failure.cause)
+        })
+      )
+    }
+    return Effect.tryPromise({
+      // A specifier in a variable: TypeScript and bundlers leave the optional peer alone.
+      try: () => import(packageName),
+      catch: (cause) => cause
+    }).pipe(
+      Effect.catch((cause) => Effect.sync(() => void failures.push({ packageName, cause }))),
+      Effect.andThen(Effect.suspend(() => tryNext(index + 1)))
+    )
+  }
+  return tryNext(0)
+})
+
+const setBackend = (name: BackendName): Effect.Effect<void, DeviceError> =>
+  Effect.gen(function*() {
+    // setBackend throws for a name that is not registered, and resolves to false
+    // when the backend's initialisation fails: both end up here as a DeviceError.
+    const initialised = yield* Effect.tryPromise({
+      try: () => tf.setBackend(name),
+      catch: (cause) => new DeviceError({ backend: name, reason: `tf.setBackend failed: ${messageOf(cause)}`, cause })
+    })
+    if (!initialised) {
+      return yield* new DeviceError({ backend: name, reason: "the backend failed to initialise (tf.setBackend returned false)" })
+    }
+    yield* Effect.tryPromise({
+      try: () => tf.ready(),
+      catch: (cause) => new DeviceError({ backend: name, reason: `tf.ready failed: ${messageOf(cause)}`, cause })
+    })
+    if (tf.getBackend() !== name) {
+      return yield* new DeviceError({ backend: name, reason: `tfjs reports backend ${tf.getBackend()} after setBackend` })
+    }
+  })
+
+/** Makes `name` the active backend, with everything it needs registered. */
+const activate = (name: BackendName): Effect.Effect<void, DeviceError> =>
+  Effect.gen(function*() {
+    if (name === "tensorflow") yield* loadTensorflow
+    if (name === "wasm") {
+      yield* Effect.try({
+        try: () => WasmKernels.register(),
+        catch: (cause) =>
+          new DeviceError({ backend: name, reason: `registering wasm kernels failed: ${messageOf(cause)}`, cause })
+      })
+    }
+    yield* setBackend(name)
+  })
+
+/** Brings up the first backend of `auto`'s order that works, logging each fallback. */
+const activateAuto: Effect.Effect<BackendName, DeviceError> = Effect.suspend(() => {
+  const reasons: Array<string> = []
+  const tryNext = (index: number): Effect.Effect<BackendName, DeviceError> => {
+    const name = backendNames[index]
+    if (name === undefined) {
+      return Effect.fail(new DeviceError({ backend: "auto", reason: `no backend comes up: ${reasons.join("; ")}` }))
+    }
+    const next = backendNames[index + 1]
+    return activate(name).pipe(
+      Effect.as(name),
+      Effect.catch((error) => {
+        reasons.push(`${name}: ${error.reason}`)
+        const causes = Array.isArray(error.cause) ? error.cause : [error.cause]
+        const line = `Device: backend ${name} unavailable (${error.reason})` +
+          (next === undefined ? "" : `, trying ${next}`)
+        // An optional package that is simply absent is expected; anything else is worth a warning.
+        const log = name === "tensorflow" && causes.every(isNotInstalled) ? Effect.logInfo(line) : Effect.logWarning(line)
+        return Effect.andThen(log, tryNext(index + 1))
+      })
+    )
+  }
+  return tryNext(0)
+})
+
+// ---------------------------------------------------------------------------
+// The one live Device
+
+// Kept on globalThis like tfjs keeps its engine, so that two copies of this module
+// (bundling, test isolation quirks) still see each other.
+const liveKey = Symbol.for("effect-trainer/Device/live")
+const liveSlot = globalThis as unknown as { [liveKey]?: BackendChoice | undefined }
+
+const claim = (choice: BackendChoice): Effect.Effect<void, DeviceError> =>
+  Effect.suspend(() => {
+    const live = liveSlot[liveKey]
+    if (live !== undefined) {
+      return Effect.fail(
+        new DeviceError({
+          backend: choice,
+          reason: `another Device (${live}) is live; TensorFlow.js is process-global, so release it first`
+        })
+      )
+    }
+    liveSlot[liveKey] = choice
+    return Effect.void
+  })
+
+const unclaim = Effect.sync(() => {
+  liveSlot[liveKey] = undefined
+})
+
+type EngineScope = ReturnType<typeof tf.engine>["state"]["activeScope"]
+
+/**
+ * The engine keeps every tensor created in a scope in the scope's `track` array
+ * until the scope ends; a run-long scope would so hold on to every tensor of every
+ * step (the objects, not their memory) and grow without bound. This `push` drops
+ * disposed tensors whenever the array has doubled since the last sweep.
+ */
+const compactingTrack = (track: Array<tf.Tensor>): void => {
+  const push = Array.prototype.push
+  let limit = 1024
+  Object.defineProperty(track, "push", {
+    configurable: true,
+    value: (...items: Array<tf.Tensor>): number => {
+      if (track.length >= limit) {
+        let kept = 0
+        for (const tensor of track) if (!tensor.isDisposed) track[kept++] = tensor
+        track.length = kept
+        limit = Math.max(1024, kept * 2)
+      }
+      return push.apply(track, items)
+    }
+  })
+}
+
+interface Run {
+  readonly backend: BackendName
+  readonly baselineTensors: number
+  readonly variablesBefore: ReadonlySet<string>
+  readonly scope: EngineScope
+  released: boolean
+}
+
+const startRun = (backend: BackendName): Run => {
+  const engine = tf.engine()
+  const baselineTensors = tf.memory().numTensors
+  const variablesBefore = new Set(Object.keys(engine.state.registeredVariables))
+  engine.startScope("effect-trainer/Device")
+  const scope = engine.state.activeScope
+  compactingTrack(scope.track)
+  return { backend, baselineTensors, variablesBefore, scope, released: false }
+}
+
+/** Runs a foreign cleanup step; a throw becomes a warning (a release never fails). */
+const cleanup = (what: string, f: () => void): Effect.Effect<void> =>
+  Effect.try({ try: f, catch: (cause) => cause }).pipe(
+    Effect.catch((cause) => Effect.logWarning(`Device: ${what} failed: ${messageOf(cause)}`))
+  )
+
+const endRun = (run: Run): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    run.released = true
+    const engine = tf.engine()
+    const depth = engine.state.scopeStack.indexOf(run.scope)
+    if (depth === -1) {
+      yield* Effect.logWarning("Device: its tfjs scope was ended by someone else; tensors of the run may leak")
+    } else {
+      const open = engine.state.scopeStack.length - 1 - depth
+      if (open > 0) {
+        yield* Effect.logWarning(`Device: ${open} tfjs scope(s) opened during the run were never ended; ending them`)
+      }
+      yield* cleanup("ending the tfjs scope", () => {
+        while (engine.state.scopeStack.length > depth) engine.endScope()
+      })
+    }
+    // Only the variables the run registered: those that were there before are not ours.
+    yield* cleanup("disposing variables", () => {
+      for (const [name, variable] of Object.entries(engine.state.registeredVariables)) {
+        if (!run.variablesBefore.has(name)) variable.dispose()
+      }
+    })
+    const leaked = tf.memory().numTensors - run.baselineTensors
+    if (leaked > 0) {
+      yield* Effect.logWarning(
+        `Device: ${leaked} tensor(s) outlived the run (kept with tf.keep, or created in a scope the Device does not own)`
+      )
+    }
+  }).pipe(Effect.ensuring(unclaim))
+
+const isUsingGpu = (backend: BackendName): boolean =>
+  backend === "tensorflow" && (tf.backend() as { readonly isUsingGpuDevice?: unknown }).isUsingGpuDevice === true
+
+// ---------------------------------------------------------------------------
+// Moving tensors
+
+const hostDTypes = { float32: "F32", int32: "I32", bool: "BOOL" } as const
+
+type TfDType = keyof typeof hostDTypes
+
+const tfDTypes = { F32: "float32", I32: "int32", BOOL: "bool" } as const
+
+type TfHostDType = keyof typeof tfDTypes
+
+const isTfDType = (dtype: string): dtype is TfDType => Object.hasOwn(hostDTypes, dtype)
+
+const isTfHostDType = (dtype: string): dtype is TfHostDType => Object.hasOwn(tfDTypes, dtype)
+
+/** Does `dataSync()` of this tensor return a fresh array? Only when wasm owns its data (it slices the heap). */
+const readsFreshCopy = (tensor: tf.Tensor): boolean => {
+  const engine = tf.engine()
+  const owner = engine.state.tensorInfo.get(tensor.dataId)?.backend
+  return owner !== undefined && owner === engine.registry["wasm"]
+}
+
+const snapshot = (tensor: tf.Tensor, dtype: TfDType): HostTensor => {
+  const data = tensor.dataSync()
+  const fresh = readsFreshCopy(tensor)
+  const shape = [...tensor.shape]
+  switch (dtype) {
+    case "float32":
+      return { dtype: "F32", shape, data: data instanceof Float32Array ? (fresh ? data : data.slice()) : new Float32Array(data) }
+    case "int32":
+      return { dtype: "I32", shape, data: data instanceof Int32Array ? (fresh ? data : data.slice()) : new Int32Array(data) }
+    case "bool":
+      return { dtype: "BOOL", shape, data: data instanceof Uint8Array ? (fresh ? data : data.slice()) : new Uint8Array(data) }
+  }
+}
+
+const expectedArray = { F32: Float32Array, I32: Int32Array, BOOL: Uint8Array } as const
+
+const make_ = (backend: BackendName, run: Run): DeviceShape => {
+  const released = (operation: string) =>
+    new DeviceError({ backend, reason: `${operation} on a Device that was released` })
+
+  const stage = Effect.fn("Device.stage")(function*(tensors: Readonly<Record<string, tf.Tensor>>) {
+    if (run.released) return yield* released("stage")
+    const staged: Record<string, HostTensor> = {}
+    for (const name of Object.keys(tensors)) {
+      const tensor = tensors[name]!
+      const dtype = tensor.dtype
+      if (!isTfDType(dtype)) {
+        return yield* new DeviceError({
+          backend,
+          reason: `cannot stage tensor "${name}": dtype ${dtype} has no host dtype (float32, int32, bool)`
+        })
+      }
+      if (tensor.isDisposed) {
+        return yield* new DeviceError({ backend, reason: `cannot stage tensor "${name}": it is disposed` })
+      }
+      staged[name] = yield* Effect.try({
+        try: () => snapshot(tensor, dtype),
+        catch: (cause) => new DeviceError({ backend, reason: `cannot stage tensor "${name}": ${messageOf(cause)}`, cause })
+      })
+    }
+    return staged
+  })
+
+  const check = (name: string, host: HostTensor): DeviceError | TfHostDType => {
+    const fail = (reason: string) => new DeviceError({ backend, reason: `cannot upload tensor "${name}": ${reason}` })
+    if (!isTfHostDType(host.dtype)) {
+      return fail(`dtype ${host.dtype} has no TensorFlow.js dtype (F32, I32, BOOL); convert it first`)
+    }
+    if (!(host.data instanceof expectedArray[host.dtype])) {
+      return fail(`${host.dtype} data must be a ${expectedArray[host.dtype].name}`)
+    }
+    const count = elementCount(host.shape)
+    if (host.data.length !== count) {
+      return fail(`shape [${host.shape.join(", ")}] holds ${count} elements, data has ${host.data.length}`)
+    }
+    return host.dtype
+  }
+
+  const upload = Effect.fn("Device.upload")(function*(tensors: Readonly<Record<string, HostTensor>>) {
+    if (run.released) return yield* released("upload")
+    const names = Object.keys(tensors)
+    const dtypes: Array<TfHostDType> = []
+    // Check everything before allocating anything.
+    for (const name of names) {
+      const checked = check(name, tensors[name]!)
+      if (checked instanceof DeviceError) return yield* checked
+      dtypes.push(checked)
+    }
+    const uploaded: Record<string, tf.Tensor> = {}
+    let current = ""
+    return yield* Effect.try({
+      try: () => {
+        for (const [index, name] of names.entries()) {
+          current = name
+          const host = tensors[name]!
+          // cpu (and tfjs-node) keep the array they are given when its type needs no
+          // conversion; wasm copies it into its heap.
+          const data = backend === "wasm" ? host.data : host.data.slice()
+          uploaded[name] = tf.tensor(data as Float32Array | Int32Array | Uint8Array, [...host.shape], tfDTypes[dtypes[index]!])
+        }
+        return uploaded
+      },
+      catch: (cause) => {
+        for (const tensor of Object.values(uploaded)) tensor.dispose()
+        return new DeviceError({ backend, reason: `cannot upload tensor "${current}": ${messageOf(cause)}`, cause })
+      }
+    })
+  })
+
+  return { tf, backend, isGpu: isUsingGpu(backend), stage, upload }
+}
+
+/**
+ * Acquires a `Device` in the current scope: claims the process's one live slot,
+ * brings up the backend (`choice`, default `auto`: tfjs-node-gpu, then tfjs-node,
+ * then wasm, then cpu), and starts a tfjs scope. Closing the scope ends it: the
+ * tensors and variables the run created are disposed, a warning is logged if the
+ * tensor count is still above where it was at acquire, and the slot is freed.
+ */
+export const make: (choice?: BackendChoice) => Effect.Effect<DeviceShape, DeviceError, Scope.Scope> = Effect.fn(
+  "Device.make"
+)(function*(choice: BackendChoice = "auto") {
+  return yield* Effect.acquireRelease(
+    Effect.gen(function*() {
+      yield* claim(choice)
+      const backend = yield* (choice === "auto" ? activateAuto : Effect.as(activate(choice), choice)).pipe(
+        Effect.onError(() => unclaim)
+      )
+      yield* Effect.logInfo(`Device: using the ${backend} backend${isUsingGpu(backend) ? " on a GPU" : ""}`)
+      const run = startRun(backend)
+      return { run, shape: make_(backend, run) }
+    }),
+    ({ run }) => endRun(run)
+  ).pipe(Effect.map(({ shape }) => shape))
+})
+
+/** The `Device` on `choice` (default `auto`), for the Layer's scope. */
+export const layer = (choice: BackendChoice = "auto"): Layer.Layer<Device, DeviceError> => Layer.effect(Device, make(choice))
+
+/** The backend choice from the environment variable `EFFECT_TRAINER_BACKEND` (default `auto`). */
+export const backendConfig: Config.Config<BackendChoice> = Config.Literals(backendChoices, "EFFECT_TRAINER_BACKEND")
+  .pipe(Config.withDefault("auto" as const))
+
+/** The `Device` on the backend `EFFECT_TRAINER_BACKEND` names (`auto`, `tensorflow`, `wasm`, `cpu`; default `auto`). */
+export const layerConfig: Layer.Layer<Device, DeviceError | Config.ConfigError> = Layer.effect(
+  Device,
+  Effect.flatMap(backendConfig, make)
+)
