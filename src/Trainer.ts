@@ -1,0 +1,652 @@
+/**
+ * `Trainer`: runs a `TrainingModule` over a `DataModule`: fit, validate, test,
+ * predict (Lightning's `Trainer`), as an Effect service.
+ *
+ * It drives the loops and the callbacks, and leaves the rest to its services: the
+ * `Strategy` runs each step on the `Device` and stages state for checkpoints; the
+ * `CheckpointIO` stores them. Which CheckpointIO: the one given to the Trainer
+ * (`plugins.checkpointIO`, Lightning's `Trainer(plugins=[...])`), or the one given to
+ * the Strategy, or the default file store; both at once is a
+ * `TrainerConfigError` when the layer is built.
+ *
+ * Loop order (Lightning's): setup → onFitStart → sanity-check validation →
+ * onTrainStart → per epoch: onTrainEpochStart → per batch: onTrainBatchStart, step,
+ * onTrainBatchEnd, validation when due → onTrainEpochEnd → … → onTrainEnd →
+ * onFitEnd → teardown. On failure or interruption: onException, then pending
+ * checkpoint saves are flushed, then teardown; the error is returned as is.
+ *
+ * Each step runs inside `tf.tidy`; the Trainer's own loop allocates no tensor that
+ * outlives a step (a test holds it to `tf.memory().numTensors`).
+ *
+ * @since 0.1.0
+ */
+import type * as tf from "@tensorflow/tfjs"
+import { Cause, Context, Data, Effect, FileSystem, Layer, Option, Path, Stream } from "effect"
+import type { Json } from "effect/Schema"
+import * as Callback from "./Callback.ts"
+import { type Checkpoint as CheckpointRecord, type HostTensor, make as makeCheckpoint } from "./Checkpoint.ts"
+import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
+// import * as CsvLogger from "./CsvLogger.ts"
+import type { DataError, DataModule } from "./DataModule.ts"
+import type { DeviceError } from "./Device.ts"
+// import * as ProgressBar from "./ProgressBar.ts"
+import { type RestoreError, type StepError, Strategy, type StrategyShape } from "./Strategy.ts"
+import type { LogOptions, StepContext, TrainingModule } from "./TrainingModule.ts"
+
+/** The Trainer was configured in a way that can never work. */
+export class TrainerConfigError extends Data.TaggedError("TrainerConfigError")<{
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `Trainer: ${this.reason}`
+  }
+}
+
+/** Everything a run can fail with. */
+export type TrainerError =
+  | TrainerConfigError
+  | StepError
+  | RestoreError
+  | DataError
+  | DeviceError
+  | Callback.HookError
+
+export interface TrainerOptions<E = never, R = never> {
+  /** Stop after this many epochs (default 1000, Lightning's, unless `maxSteps` is set). */
+  readonly maxEpochs?: number | undefined
+  /** Stop after this many optimizer steps (default -1: no limit). */
+  readonly maxSteps?: number | undefined
+  /** Validate every N epochs (default 1). */
+  readonly checkValEveryNEpoch?: number | undefined
+  /**
+   * Validate within an epoch: a value in (0, 1] is a fraction of the epoch (0.25:
+   * four times per epoch; 1: at its end), an integer above 1 a number of batches.
+   */
+  readonly valCheckInterval?: number | undefined
+  /** Batches per epoch / run: an integer ≥ 1 is a count, a value in (0, 1) a fraction; all when omitted. */
+  readonly limitTrainBatches?: number | undefined
+  readonly limitValBatches?: number | undefined
+  readonly limitTestBatches?: number | undefined
+  readonly limitPredictBatches?: number | undefined
+  /** Validation batches run before training, to catch bugs early (default 2; 0 to skip). */
+  readonly numSanityValSteps?: number | undefined
+  readonly gradientClipVal?: number | undefined
+  readonly gradientClipAlgorithm?: "norm" | "value" | undefined
+  /** Root of logs and checkpoints (default "runs"). */
+  readonly defaultRootDir?: string | undefined
+  readonly callbacks?: ReadonlyArray<Callback.Callback> | undefined
+  /** The progress bar callback (default true). */
+  readonly enableProgressBar?: boolean | undefined
+  /** The CSV metrics logger callback (default true). */
+  readonly logger?: boolean | undefined
+  /** Plugins; `checkpointIO` replaces the Strategy's storage (Lightning's `plugins=[...]`). */
+  readonly plugins?: {
+    readonly checkpointIO?: Layer.Layer<CheckpointIO, E, R> | undefined
+  } | undefined
+}
+
+export interface FitOptions {
+  /**
+   * Resume: a checkpoint path, `"last"` (the newest last-checkpoint of the checkpoint
+   * callbacks) or `"best"` (their best). Restores weights, optimizer state, loop
+   * progress (epoch, step, position in the epoch) and callback states.
+   */
+  readonly ckptPath?: string | undefined
+}
+
+export interface TrainerShape {
+  readonly fit: <B, M extends tf.LayersModel>(
+    module: TrainingModule<B, M>,
+    data: DataModule<B>,
+    options?: FitOptions
+  ) => Effect.Effect<void, TrainerError>
+  /** Runs the validation loop; returns its metrics. */
+  readonly validate: <B, M extends tf.LayersModel>(
+    module: TrainingModule<B, M>,
+    data: DataModule<B>
+  ) => Effect.Effect<ReadonlyMap<string, number>, TrainerError>
+  /** Runs the test loop; returns its metrics. */
+  readonly test: <B, M extends tf.LayersModel>(
+    module: TrainingModule<B, M>,
+    data: DataModule<B>
+  ) => Effect.Effect<ReadonlyMap<string, number>, TrainerError>
+  /** Runs `predictStep` over the predict batches; returns host copies of the outputs. */
+  readonly predict: <B, M extends tf.LayersModel>(
+    module: TrainingModule<B, M>,
+    data: DataModule<B>
+  ) => Effect.Effect<ReadonlyArray<HostTensor>, TrainerError>
+  /** Saves the current state (of the module trained last) through `checkpointIO`. */
+  readonly saveCheckpoint: (path: string, options?: Callback.SaveCheckpointOptions) => Effect.Effect<void, TrainerError>
+  /** The state callbacks see (epoch, step, metrics, …), live. */
+  readonly state: Callback.TrainerState
+  readonly checkpointIO: CheckpointIOShape
+  readonly strategy: StrategyShape
+  /** All callbacks in run order (checkpoint callbacks last). */
+  readonly callbacks: ReadonlyArray<Callback.Callback>
+  readonly checkpointCallbacks: ReadonlyArray<Callback.Checkpoint & Callback.Callback>
+  /** The model of a module, once a loop has built it. */
+  readonly model: <B, M extends tf.LayersModel>(module: TrainingModule<B, M>) => Option.Option<M>
+}
+
+export class Trainer extends Context.Service<Trainer, TrainerShape>()("effect-trainer/Trainer") {}
+
+const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+/** A batch limit: integer ≥ 1 → count, (0, 1) → fraction of `total`, undefined → all. */
+export const resolveLimit = (limit: number | undefined, total: number | undefined): number => {
+  if (limit === undefined) return total ?? Infinity
+  if (limit >= 1) return Math.floor(limit)
+  if (total === undefined) return Infinity
+  return Math.max(1, Math.floor(total * limit))
+}
+
+interface Accumulator {
+  sum: number
+  count: number
+}
+
+/** Metrics logged by the steps of one loop run. */
+class Metrics {
+  readonly step = new Map<string, number>()
+  readonly epoch = new Map<string, Accumulator>()
+  readonly training: boolean
+  constructor(training: boolean) {
+    this.training = training
+  }
+  record(name: string, value: number, options: LogOptions | undefined) {
+    const onStep = options?.onStep ?? this.training
+    const onEpoch = options?.onEpoch ?? !this.training
+    if (onStep) this.step.set(onEpoch ? `${name}_step` : name, value)
+    if (onEpoch) {
+      const key = onStep ? `${name}_epoch` : name
+      const acc = this.epoch.get(key) ?? { sum: 0, count: 0 }
+      acc.sum += value
+      acc.count += 1
+      this.epoch.set(key, acc)
+    }
+  }
+  means(): Map<string, number> {
+    return new Map([...this.epoch].map(([k, a]) => [k, a.sum / a.count]))
+  }
+}
+
+interface Built<M extends tf.LayersModel> {
+  readonly model: M
+  readonly optimizer: tf.Optimizer
+}
+
+const toJson = (value: unknown): Json => JSON.parse(JSON.stringify(value ?? null)) as Json
+
+/** Builds the Trainer on the `Strategy` in context. */
+export const make = <E = never, R = never>(
+  options: TrainerOptions<E, R> = {}
+): Effect.Effect<TrainerShape, TrainerConfigError | E, Strategy | R | FileSystem.FileSystem | Path.Path | import("effect").Scope.Scope> =>
+  Effect.gen(function*() {
+    const strategy = yield* Strategy
+    const device = strategy.device
+    const tfjs = device.tf
+
+    // CheckpointIO resolution, as Lightning does it, checked before anything runs.
+    let checkpointIO = strategy.checkpointIO
+    const plugin = options.plugins?.checkpointIO
+    if (plugin !== undefined) {
+      if (strategy.hasCustomCheckpointIO) {
+        return yield* new TrainerConfigError({
+          reason: `a CheckpointIO was given both to the Trainer (plugins) and to the strategy ${strategy.name}; give it to one`
+        })
+      }
+      if (!strategy.acceptsCustomCheckpointIO) {
+        return yield* new TrainerConfigError({
+          reason: `the strategy ${strategy.name} owns its checkpoint logic and accepts no custom CheckpointIO`
+        })
+      }
+      checkpointIO = Context.get(yield* Layer.build(plugin), CheckpointIO)
+    }
+
+    const maxSteps = options.maxSteps ?? -1
+    const maxEpochs = options.maxEpochs ?? (maxSteps === -1 ? 1000 : Number.MAX_SAFE_INTEGER)
+    const defaultRootDir = options.defaultRootDir ?? "runs"
+    for (const [name, value] of Object.entries({
+      maxEpochs,
+      checkValEveryNEpoch: options.checkValEveryNEpoch ?? 1,
+      numSanityValSteps: (options.numSanityValSteps ?? 2) + 1
+    })) {
+      if (!Number.isInteger(value) || value < 1) {
+        return yield* new TrainerConfigError({ reason: `${name} must be a positive integer, got ${value}` })
+      }
+    }
+    const builtIn: Array<Callback.Callback> = []
+    // if (options.enableProgressBar !== false) builtIn.push(ProgressBar.make())
+    // if (options.logger !== false) builtIn.push(yield* CsvLogger.make())
+    const callbacks = Callback.ordered([...builtIn, ...(options.callbacks ?? [])])
+    const checkpointCallbacks = callbacks.filter(Callback.isCheckpoint)
+    const keys = new Set<string>()
+    for (const cb of callbacks) {
+      if (cb.stateDict === undefined) continue
+      const key = Callback.stateKeyOf(cb)
+      if (keys.has(key)) return yield* new TrainerConfigError({ reason: `two stateful callbacks share the state key "${key}"` })
+      keys.add(key)
+    }
+
+    // The loop state callbacks see through `state`.
+    const loop = {
+      stage: "fit" as Callback.Stage,
+      epoch: 0,
+      globalStep: 0,
+      batchIdx: 0,
+      /** The batch to resume from in `epoch` (set by a restore). */
+      resumeBatch: 0,
+      /** Where a checkpoint taken now resumes: the next batch to run. */
+      next: { epoch: 0, batch: 0 },
+      numTrainBatches: undefined as number | undefined,
+      callbackMetrics: new Map<string, number>(),
+      loggedMetrics: new Map<string, number>(),
+      shouldStop: false,
+      sanityChecking: false,
+      resumedFrom: undefined as string | undefined,
+      current: undefined as { module: TrainingModule<any, any>; built: Built<tf.LayersModel> } | undefined
+    }
+    const built = new Map<TrainingModule<any, any>, Built<tf.LayersModel>>()
+
+    const state: Callback.TrainerState = {
+      get stage() {
+        return loop.stage
+      },
+      get currentEpoch() {
+        return loop.epoch
+      },
+      get globalStep() {
+        return loop.globalStep
+      },
+      get batchIdx() {
+        return loop.batchIdx
+      },
+      get numTrainBatches() {
+        return loop.numTrainBatches
+      },
+      maxEpochs,
+      maxSteps,
+      get callbackMetrics() {
+        return loop.callbackMetrics
+      },
+      get loggedMetrics() {
+        return loop.loggedMetrics
+      },
+      defaultRootDir,
+      checkpointIO,
+      get sanityChecking() {
+        return loop.sanityChecking
+      },
+      get shouldStop() {
+        return loop.shouldStop
+      },
+      stop: () => {
+        loop.shouldStop = true
+      },
+      saveCheckpoint: (path, saveOptions) => saveCheckpoint(path, saveOptions).pipe(
+        Effect.mapError((error) =>
+          error._tag === "CallbackError" || error._tag === "CheckpointNotFound" || error._tag === "CheckpointCorrupt" ||
+            error._tag === "CheckpointStorageError" || error._tag === "CheckpointInvalidArgument" ||
+            error._tag === "BackgroundSaveFailed"
+            ? error
+            : new Callback.CallbackError({ callback: "saveCheckpoint", reason: error.message, cause: error })
+        )
+      ),
+      get resumedFrom() {
+        return loop.resumedFrom
+      }
+    }
+
+    type HookName = {
+      [K in keyof Callback.Callback]-?: NonNullable<Callback.Callback[K]> extends Callback.Hook<infer _A> ? K : never
+    }[keyof Callback.Callback]
+
+    /** Runs one hook on every callback, in order. */
+    const call = <K extends HookName>(
+      hook: K,
+      ...args: NonNullable<Callback.Callback[K]> extends Callback.Hook<infer A> ? A : never
+    ): Effect.Effect<void, Callback.HookError> =>
+      Effect.forEach(callbacks, (cb) => {
+        const f = cb[hook] as Callback.Hook<ReadonlyArray<unknown>> | undefined
+        return f === undefined ? Effect.void : f(state, ...args)
+      }, { discard: true })
+
+    const ensureBuilt = <B, M extends tf.LayersModel>(module: TrainingModule<B, M>) =>
+      Effect.gen(function*() {
+        const existing = built.get(module)
+        if (existing !== undefined) {
+          loop.current = { module, built: existing }
+          return existing as unknown as Built<M>
+        }
+        const fresh = yield* Effect.try({
+          try: () => {
+            const model = module.configureModel(tfjs)
+            return { model, optimizer: module.configureOptimizers(tfjs, model) }
+          },
+          catch: (cause) => new Callback.CallbackError({ callback: module.name, reason: `building the model failed: ${messageOf(cause)}`, cause })
+        })
+        built.set(module, fresh)
+        loop.current = { module, built: fresh }
+        return fresh
+      })
+
+    const stepContext = (metrics: Metrics): StepContext => ({
+      tf: tfjs,
+      log: (name, value, logOptions) => {
+        const v = typeof value === "number" ? value : value.dataSync()[0]!
+        metrics.record(name, v, logOptions)
+      },
+      tensor: (host) =>
+        tfjs.tensor(
+          host.data as Float32Array | Int32Array | Uint8Array,
+          [...host.shape],
+          host.dtype === "I32" ? "int32" : host.dtype === "BOOL" ? "bool" : "float32"
+        ),
+      get epoch() {
+        return loop.epoch
+      },
+      get globalStep() {
+        return loop.globalStep
+      },
+      get batchIdx() {
+        return loop.batchIdx
+      }
+    })
+
+    const runStep = <A>(what: string, f: () => A) =>
+      Effect.try({
+        try: () => tfjs.tidy(() => f() as tf.TensorContainer) as A,
+        catch: (cause) => new Callback.CallbackError({ callback: what, reason: messageOf(cause), cause })
+      })
+
+    // -----------------------------------------------------------------------
+    // Checkpoints
+
+    const saveCheckpoint = (path: string, saveOptions?: Callback.SaveCheckpointOptions) =>
+      Effect.gen(function*() {
+        const current = loop.current
+        if (current === undefined) {
+          return yield* new TrainerConfigError({ reason: "saveCheckpoint before any model was built (call fit first)" })
+        }
+        const weightsOnly = saveOptions?.weightsOnly ?? false
+        const { model, optimizer } = current.built
+        const callbackStates: Record<string, Json> = {}
+        if (!weightsOnly) {
+          for (const cb of callbacks) if (cb.stateDict !== undefined) callbackStates[Callback.stateKeyOf(cb)] = cb.stateDict()
+        }
+        const record = makeCheckpoint({
+          tensors: yield* strategy.stage(model, weightsOnly ? undefined : optimizer),
+          meta: {
+            epoch: loop.epoch,
+            globalStep: loop.globalStep,
+            weightsOnly,
+            loops: { fit: { nextEpoch: loop.next.epoch, nextBatch: loop.next.batch, globalStep: loop.globalStep } },
+            callbacks: callbackStates,
+            optimizer: weightsOnly ? null : { className: optimizer.getClassName(), config: toJson(optimizer.getConfig()) as Record<string, Json> },
+            hyperParameters: { ...current.module.hyperParameters },
+            user: weightsOnly ? {} : { ...current.module.onSaveCheckpoint?.() }
+          }
+        })
+        if (Option.isSome(record.meta)) yield* call("onSaveCheckpoint", record.meta.value)
+        // The staged tensors are fresh copies nobody else holds: hand them over.
+        yield* checkpointIO.save(record, path, { snapshot: "transfer" })
+      }).pipe(Effect.withSpan("Trainer.saveCheckpoint", { attributes: { path } }))
+
+    const resolveCkptPath = (ckptPath: string) =>
+      Effect.gen(function*() {
+        if (ckptPath !== "last" && ckptPath !== "best") return Option.some(ckptPath)
+        const candidates = checkpointCallbacks
+          .map((cb) => (ckptPath === "last" ? cb.lastModelPath : cb.bestModelPath))
+          .filter((p): p is string => p !== undefined)
+        if (candidates.length === 0) {
+          yield* Effect.logWarning(`ckptPath "${ckptPath}": no checkpoint callback has one; training from scratch`)
+          return Option.none<string>()
+        }
+        if (ckptPath === "best" || candidates.length === 1) return Option.some(candidates[0]!)
+        // The newest of the callbacks' last checkpoints.
+        const times = yield* Effect.forEach(candidates, (p) =>
+          Effect.map(checkpointIO.list(p.slice(0, Math.max(0, p.lastIndexOf("/"))) || "."), (entries) =>
+            entries.find((e) => e.path.endsWith(p.slice(p.lastIndexOf("/"))))?.modifiedAt ?? 0))
+        let newest = 0
+        times.forEach((t, i) => (newest = t > times[newest]! ? i : newest))
+        return Option.some(candidates[newest]!)
+      })
+
+    const restoreFrom = (path: string, module: TrainingModule<any, any>, target: Built<tf.LayersModel>) =>
+      Effect.gen(function*() {
+        const record: CheckpointRecord = yield* checkpointIO.load(path, { dtypes: "tfjs" })
+        yield* strategy.restore(target.model, target.optimizer, record.tensors)
+        if (Option.isSome(record.meta)) {
+          const meta = record.meta.value
+          const fitLoop = meta.loops["fit"] as { nextEpoch?: number; nextBatch?: number } | undefined
+          loop.epoch = fitLoop?.nextEpoch ?? meta.epoch + 1
+          loop.resumeBatch = fitLoop?.nextBatch ?? 0
+          loop.globalStep = meta.globalStep
+          for (const cb of callbacks) {
+            const saved = meta.callbacks[Callback.stateKeyOf(cb)]
+            if (saved !== undefined && cb.loadStateDict !== undefined) yield* cb.loadStateDict(saved)
+          }
+          module.onLoadCheckpoint?.(meta.user)
+          yield* call("onLoadCheckpoint", meta)
+        }
+        loop.resumedFrom = path
+        yield* Effect.logInfo(`Trainer: resumed from ${path} (epoch ${loop.epoch}, step ${loop.globalStep})`)
+      })
+
+    // -----------------------------------------------------------------------
+    // Loops
+
+    /** Validation / test loop over `stream`; returns the epoch means. */
+    const evaluate = <B, M extends tf.LayersModel>(
+      kind: "validation" | "test",
+      module: TrainingModule<B, M>,
+      model: M,
+      stream: Stream.Stream<B, DataError>,
+      limit: number
+    ) =>
+      Effect.gen(function*() {
+        const step = kind === "validation" ? module.validationStep : module.testStep
+        const metrics = new Metrics(false)
+        const ctx = stepContext(metrics)
+        const [start, epochStart, batchStart, batchEnd, epochEnd, end] = kind === "validation"
+          ? ["onValidationStart", "onValidationEpochStart", "onValidationBatchStart", "onValidationBatchEnd", "onValidationEpochEnd", "onValidationEnd"] as const
+          : ["onTestStart", "onTestEpochStart", "onTestBatchStart", "onTestBatchEnd", "onTestEpochEnd", "onTestEnd"] as const
+        const savedBatchIdx = loop.batchIdx
+        yield* call(start)
+        yield* call(epochStart)
+        let index = 0
+        if (step !== undefined && limit > 0) {
+          yield* Stream.runForEachWhile(stream, (batch) =>
+            Effect.gen(function*() {
+              loop.batchIdx = index
+              yield* call(batchStart, index)
+              yield* runStep(`${module.name}.${kind}Step`, () => step(model, batch, ctx))
+              yield* call(batchEnd, index)
+              index++
+              return index < limit
+            }))
+        }
+        const means = metrics.means()
+        if (!loop.sanityChecking) {
+          for (const [k, v] of means) loop.callbackMetrics.set(k, v)
+          loop.loggedMetrics = new Map(means)
+        }
+        yield* call(epochEnd)
+        yield* call(end)
+        loop.batchIdx = savedBatchIdx
+        return means
+      })
+
+    const runValidation = <B, M extends tf.LayersModel>(module: TrainingModule<B, M>, model: M, data: DataModule<B>) =>
+      data.val === undefined || module.validationStep === undefined
+        ? Effect.succeed(new Map<string, number>())
+        : evaluate("validation", module, model, data.val(), resolveLimit(options.limitValBatches, data.numValBatches))
+
+    const fit: TrainerShape["fit"] = Effect.fn("Trainer.fit")(function*(module, data, fitOptions) {
+      loop.stage = "fit"
+      loop.shouldStop = false
+      const target = yield* ensureBuilt(module)
+      const { model, optimizer } = target
+      if (data.train === undefined) return yield* new TrainerConfigError({ reason: "fit needs DataModule.train" })
+      const train = data.train
+      loop.numTrainBatches = data.numTrainBatches
+      const trainLimit = resolveLimit(options.limitTrainBatches, data.numTrainBatches)
+      const perEpoch = Math.min(trainLimit, data.numTrainBatches ?? Infinity)
+      const interval = options.valCheckInterval ?? 1
+      const valEvery = interval > 1 ? Math.floor(interval) : Number.isFinite(perEpoch) ? Math.max(1, Math.floor(perEpoch * interval)) : Infinity
+      const checkValEveryNEpoch = options.checkValEveryNEpoch ?? 1
+      const stepOptions = { gradientClipVal: options.gradientClipVal, gradientClipAlgorithm: options.gradientClipAlgorithm }
+
+      const body = Effect.gen(function*() {
+        yield* call("setup", "fit")
+        if (fitOptions?.ckptPath !== undefined) {
+          const path = yield* resolveCkptPath(fitOptions.ckptPath)
+          if (Option.isSome(path)) yield* restoreFrom(path.value, module, target)
+        }
+        yield* call("onFitStart")
+        const sanitySteps = options.numSanityValSteps ?? 2
+        if (sanitySteps > 0 && loop.resumedFrom === undefined && data.val !== undefined && module.validationStep !== undefined) {
+          loop.sanityChecking = true
+          yield* call("onSanityCheckStart")
+          yield* evaluate("validation", module, model, data.val(), Math.min(sanitySteps, resolveLimit(options.limitValBatches, data.numValBatches)))
+          yield* call("onSanityCheckEnd")
+          loop.sanityChecking = false
+        }
+        yield* call("onTrainStart")
+        while (!loop.shouldStop && loop.epoch < maxEpochs && (maxSteps === -1 || loop.globalStep < maxSteps)) {
+          const metrics = new Metrics(true)
+          const ctx = stepContext(metrics)
+          const startBatch = loop.resumeBatch
+          loop.resumeBatch = 0
+          loop.batchIdx = startBatch
+          yield* call("onTrainEpochStart")
+          const validateThisEpoch = (loop.epoch + 1) % checkValEveryNEpoch === 0
+          let validatedAtEnd = false
+          let index = startBatch
+          if (index < trainLimit) {
+            yield* Stream.runForEachWhile(
+              startBatch > 0 ? Stream.drop(train(loop.epoch), startBatch) : train(loop.epoch),
+              (batch) =>
+                Effect.gen(function*() {
+                  loop.batchIdx = index
+                  yield* call("onTrainBatchStart", index)
+                  const loss = yield* strategy.trainingStep(model, optimizer, () => module.trainingStep(model, batch, ctx), stepOptions)
+                  loop.globalStep++
+                  metrics.step.set("loss", loss)
+                  for (const [k, v] of metrics.step) loop.callbackMetrics.set(k, v)
+                  loop.loggedMetrics = new Map(metrics.step)
+                  metrics.step.clear()
+                  if (maxSteps !== -1 && loop.globalStep >= maxSteps) loop.shouldStop = true
+                  const last = index + 1 >= perEpoch
+                  // A checkpoint taken now resumes at the next batch.
+                  loop.next = { epoch: loop.epoch, batch: index + 1 }
+                  yield* call("onTrainBatchEnd", { loss }, index)
+                  index++
+                  if (validateThisEpoch && (index % valEvery === 0 || last)) {
+                    if (last) validatedAtEnd = true
+                    yield* runValidation(module, model, data)
+                  }
+                  // Let background fibers (asynchronous checkpoint saves) run.
+                  yield* Effect.yieldNow
+                  return !loop.shouldStop && index < trainLimit
+                })
+            )
+          }
+          if (validateThisEpoch && !validatedAtEnd && !Number.isFinite(perEpoch)) yield* runValidation(module, model, data)
+          const means = metrics.means()
+          for (const [k, v] of means) loop.callbackMetrics.set(k, v)
+          if (means.size > 0) loop.loggedMetrics = means
+          // Stopped mid-epoch (maxSteps, a callback): a checkpoint resumes at the next
+          // batch of this epoch; otherwise at the start of the next epoch.
+          const finished = !loop.shouldStop || index >= Math.min(perEpoch, trainLimit)
+          loop.next = finished ? { epoch: loop.epoch + 1, batch: 0 } : { epoch: loop.epoch, batch: index }
+          yield* call("onTrainEpochEnd")
+          if (!finished) break
+          loop.epoch++
+          loop.batchIdx = 0
+        }
+        yield* call("onTrainEnd")
+        yield* call("onFitEnd")
+        yield* checkpointIO.flush
+      })
+
+      yield* body.pipe(
+        Effect.onError((cause) =>
+          Effect.gen(function*() {
+            yield* call("onException", cause).pipe(
+              Effect.catchCause((c) => Effect.logError(`onException hook failed: ${Cause.pretty(c)}`))
+            )
+            yield* checkpointIO.flush.pipe(
+              Effect.catchCause((c) => Effect.logError(`flushing checkpoints after a failure: ${Cause.pretty(c)}`))
+            )
+          })
+        ),
+        Effect.ensuring(call("teardown", "fit").pipe(Effect.catchCause((c) => Effect.logError(`teardown: ${Cause.pretty(c)}`))))
+      )
+    })
+
+    const evaluateStage = (kind: "validate" | "test") => <B, M extends tf.LayersModel>(module: TrainingModule<B, M>, data: DataModule<B>) =>
+      Effect.gen(function*() {
+        loop.stage = kind
+        const { model } = yield* ensureBuilt(module)
+        yield* call("setup", kind)
+        const stream = kind === "validate" ? data.val : data.test
+        if (stream === undefined) return yield* new TrainerConfigError({ reason: `${kind} needs DataModule.${kind === "validate" ? "val" : "test"}` })
+        const limit = kind === "validate"
+          ? resolveLimit(options.limitValBatches, data.numValBatches)
+          : resolveLimit(options.limitTestBatches, data.numTestBatches)
+        return yield* evaluate(kind === "validate" ? "validation" : "test", module, model, stream(), limit).pipe(
+          Effect.ensuring(call("teardown", kind).pipe(Effect.catchCause((c) => Effect.logError(`teardown: ${Cause.pretty(c)}`))))
+        )
+      }).pipe(Effect.withSpan(`Trainer.${kind}`))
+
+    const predict: TrainerShape["predict"] = (module, data) =>
+      Effect.gen(function*() {
+        loop.stage = "predict"
+        const { model } = yield* ensureBuilt(module)
+        if (data.predict === undefined || module.predictStep === undefined) {
+          return yield* new TrainerConfigError({ reason: "predict needs DataModule.predict and TrainingModule.predictStep" })
+        }
+        const step = module.predictStep
+        const ctx = stepContext(new Metrics(false))
+        const limit = resolveLimit(options.limitPredictBatches, undefined)
+        const outputs: Array<HostTensor> = []
+        yield* call("onPredictStart")
+        let index = 0
+        yield* Stream.runForEachWhile(data.predict(), (batch) =>
+          Effect.gen(function*() {
+            loop.batchIdx = index
+            const out = yield* runStep(`${module.name}.predictStep`, () => step(model, batch, ctx))
+            const staged = yield* device.stage({ out }).pipe(Effect.ensuring(Effect.sync(() => out.dispose())))
+            outputs.push(staged["out"]!)
+            yield* call("onPredictBatchEnd", index)
+            index++
+            return index < limit
+          }))
+        yield* call("onPredictEnd")
+        return outputs
+      }).pipe(Effect.withSpan("Trainer.predict"))
+
+    return {
+      fit,
+      validate: evaluateStage("validate"),
+      test: evaluateStage("test"),
+      predict,
+      saveCheckpoint: (path, saveOptions) => saveCheckpoint(path, saveOptions),
+      state,
+      checkpointIO,
+      strategy,
+      callbacks,
+      checkpointCallbacks,
+      model: (module) => Option.map(Option.fromNullishOr(built.get(module)), (b) => b.model as never)
+    } satisfies TrainerShape
+  })
+
+/**
+ * The Trainer over the `Strategy` in context. The layer fails with
+ * `TrainerConfigError` when the options contradict each other or the strategy.
+ */
+export const layer = <E = never, R = never>(
+  options: TrainerOptions<E, R> = {}
+): Layer.Layer<Trainer, TrainerConfigError | E, Strategy | R | FileSystem.FileSystem | Path.Path> =>
+  Layer.effect(Trainer, make(options))

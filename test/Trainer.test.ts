@@ -1,0 +1,334 @@
+import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import type * as tf from "@tensorflow/tfjs"
+import { Deferred, Effect, Exit, Fiber, Layer, Option } from "effect"
+import * as Callback from "../src/Callback.ts"
+import { CheckpointIO, type CheckpointIOShape } from "../src/CheckpointIO.ts"
+import * as Device from "../src/Device.ts"
+import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
+import * as Strategy from "../src/Strategy.ts"
+import * as Trainer from "../src/Trainer.ts"
+import { irisClassifier, irisData } from "./support/iris.ts"
+
+const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
+
+const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false }
+
+const stack = (
+  options: Trainer.TrainerOptions<never, never> = {},
+  strategy: Layer.Layer<Strategy.Strategy, unknown, Device.Device> = Strategy.singleDevice(),
+  backend: Device.BackendChoice = "wasm"
+) =>
+  Trainer.layer({ ...quiet, ...options }).pipe(
+    Layer.provideMerge(strategy),
+    Layer.provideMerge(Device.layer(backend)),
+    Layer.provideMerge(node)
+  )
+
+/** A memory store that counts its calls, for checking which CheckpointIO is used. */
+const countingIO = () => {
+  const counts = { save: 0, load: 0, remove: 0 }
+  const layer = Layer.effect(
+    CheckpointIO,
+    Effect.map(MemoryCheckpointIO.make, (io): CheckpointIOShape => ({
+      ...io,
+      save: (c, p, o) => Effect.suspend(() => (counts.save++, io.save(c, p, o))),
+      load: (p, o) => Effect.suspend(() => (counts.load++, io.load(p, o))),
+      remove: (p) => Effect.suspend(() => (counts.remove++, io.remove(p)))
+    }))
+  ).pipe(Layer.provide(MemoryCheckpointIO.MemoryStore.layer))
+  return { counts, layer }
+}
+
+/** Records every hook call as a line. */
+const recorder = (log: Array<string>): Callback.Callback => {
+  const hooks = [
+    "setup", "teardown", "onFitStart", "onFitEnd", "onSanityCheckStart", "onSanityCheckEnd", "onTrainStart", "onTrainEnd",
+    "onTrainEpochStart", "onTrainEpochEnd", "onTrainBatchStart", "onTrainBatchEnd", "onValidationStart", "onValidationEnd",
+    "onValidationEpochStart", "onValidationEpochEnd", "onValidationBatchStart", "onValidationBatchEnd", "onTestStart", "onTestEnd",
+    "onException"
+  ] as const
+  const cb: Record<string, unknown> = { name: "recorder" }
+  for (const hook of hooks) {
+    cb[hook] = (t: Callback.TrainerState, ...args: Array<unknown>) =>
+      Effect.sync(() => {
+        const arg = typeof args[args.length - 1] === "number" ? `(${args[args.length - 1]})` : hook === "setup" || hook === "teardown" ? `(${args[0]})` : ""
+        log.push(`${hook}${arg} e${t.currentEpoch} s${t.globalStep}`)
+      })
+  }
+  return cb as unknown as Callback.Callback
+}
+
+describe("Trainer", () => {
+  it.effect("a model learns: loss falls, accuracy well above chance, test and predict work", () =>
+    Effect.gen(function*() {
+      const trainer = yield* Trainer.Trainer
+      const module = irisClassifier()
+      const data = irisData()
+      yield* trainer.fit(module, data)
+      const metrics = trainer.state.callbackMetrics
+      assert.isAbove(metrics.get("val_acc")!, 0.85, `val_acc ${metrics.get("val_acc")}`)
+      const test = yield* trainer.test(module, data)
+      assert.isAbove(test.get("test_acc")!, 0.85)
+      const predictions = yield* trainer.predict(module, data)
+      assert.strictEqual(predictions.reduce((n, p) => n + p.shape[0]!, 0), 30)
+      assert.deepStrictEqual(predictions[0]!.shape.slice(1), [3])
+      assert.strictEqual(trainer.state.globalStep, 30 * data.numTrainBatches!)
+    }).pipe(Effect.provide(stack({ maxEpochs: 30 }))))
+
+  it.effect("loss falls over epochs", () =>
+    Effect.gen(function*() {
+      const trainer = yield* Trainer.Trainer
+      const losses: Array<number> = []
+      const watch: Callback.Callback = {
+        name: "watch",
+        onTrainEpochEnd: (t) => Effect.sync(() => void losses.push(t.callbackMetrics.get("train_loss")!))
+      }
+      void watch
+      const module = irisClassifier()
+      const data = irisData()
+      const t2 = yield* Trainer.make({ ...quiet, maxEpochs: 8, callbacks: [watch] })
+      yield* t2.fit(module, data)
+      assert.strictEqual(losses.length, 8)
+      assert.isBelow(losses[7]!, losses[0]! * 0.7, `losses ${losses.map((l) => l.toFixed(3)).join(" ")}`)
+      void trainer
+    }).pipe(Effect.provide(stack())))
+
+  it.effect("callbacks fire in Lightning's order", () =>
+    Effect.gen(function*() {
+      const log: Array<string> = []
+      const trainer = yield* Trainer.make({ ...quiet, maxEpochs: 2, limitTrainBatches: 2, limitValBatches: 1, numSanityValSteps: 1, callbacks: [recorder(log)] })
+      yield* trainer.fit(irisClassifier(), irisData())
+      assert.deepStrictEqual(log, [
+        "setup(fit) e0 s0",
+        "onFitStart e0 s0",
+        "onSanityCheckStart e0 s0",
+        "onValidationStart e0 s0",
+        "onValidationEpochStart e0 s0",
+        "onValidationBatchStart(0) e0 s0",
+        "onValidationBatchEnd(0) e0 s0",
+        "onValidationEpochEnd e0 s0",
+        "onValidationEnd e0 s0",
+        "onSanityCheckEnd e0 s0",
+        "onTrainStart e0 s0",
+        "onTrainEpochStart e0 s0",
+        "onTrainBatchStart(0) e0 s0",
+        "onTrainBatchEnd(0) e0 s1",
+        "onTrainBatchStart(1) e0 s1",
+        "onTrainBatchEnd(1) e0 s2",
+        "onValidationStart e0 s2",
+        "onValidationEpochStart e0 s2",
+        "onValidationBatchStart(0) e0 s2",
+        "onValidationBatchEnd(0) e0 s2",
+        "onValidationEpochEnd e0 s2",
+        "onValidationEnd e0 s2",
+        "onTrainEpochEnd e0 s2",
+        "onTrainEpochStart e1 s2",
+        "onTrainBatchStart(0) e1 s2",
+        "onTrainBatchEnd(0) e1 s3",
+        "onTrainBatchStart(1) e1 s3",
+        "onTrainBatchEnd(1) e1 s4",
+        "onValidationStart e1 s4",
+        "onValidationEpochStart e1 s4",
+        "onValidationBatchStart(0) e1 s4",
+        "onValidationBatchEnd(0) e1 s4",
+        "onValidationEpochEnd e1 s4",
+        "onValidationEnd e1 s4",
+        "onTrainEpochEnd e1 s4",
+        "onTrainEnd e2 s4",
+        "onFitEnd e2 s4",
+        "teardown(fit) e2 s4"
+      ])
+    }).pipe(Effect.provide(stack())))
+
+  it.effect("validation every fraction of an epoch, every N epochs; maxSteps stops mid-epoch", () =>
+    Effect.gen(function*() {
+      const log: Array<string> = []
+      const twice = yield* Trainer.make({ ...quiet, maxEpochs: 2, valCheckInterval: 0.5, numSanityValSteps: 0, callbacks: [recorder(log)] })
+      yield* twice.fit(irisClassifier(), irisData())
+      assert.strictEqual(log.filter((l) => l.startsWith("onValidationEnd")).length, 4)
+
+      log.length = 0
+      const everyOther = yield* Trainer.make({ ...quiet, maxEpochs: 4, checkValEveryNEpoch: 2, numSanityValSteps: 0, callbacks: [recorder(log)] })
+      yield* everyOther.fit(irisClassifier("other"), irisData())
+      assert.deepStrictEqual(log.filter((l) => l.startsWith("onValidationEnd")).map((l) => l.split(" ")[1]), ["e1", "e3"])
+
+      const steps = yield* Trainer.make({ ...quiet, maxSteps: 7, numSanityValSteps: 0 })
+      yield* steps.fit(irisClassifier("steps"), irisData())
+      assert.strictEqual(steps.state.globalStep, 7)
+      assert.strictEqual(steps.state.currentEpoch, 1, "stopped in the second epoch (6 batches per epoch)")
+    }).pipe(Effect.provide(stack())))
+
+  it.effect("gradient clipping by norm and by value bounds the update", () =>
+    Effect.gen(function*() {
+      const run = (clip: Partial<Trainer.TrainerOptions>) =>
+        Effect.gen(function*() {
+          const module = irisClassifier(`clip-${JSON.stringify(clip)}`, 0.5)
+          const t = yield* Trainer.make({ ...quiet, maxSteps: 1, numSanityValSteps: 0, ...clip })
+          const sgd = { ...module, configureOptimizers: (tfjs: typeof tf) => tfjs.train.sgd(1) }
+          yield* t.fit(sgd, irisData())
+          const model = Option.getOrThrow(t.model(sgd))
+          const kernel = model.getWeights()[0]!.dataSync()
+          const init = sgd.configureModel(t.strategy.device.tf).getWeights()[0]!.dataSync()
+          let maxDelta = 0
+          kernel.forEach((v, i) => (maxDelta = Math.max(maxDelta, Math.abs(v - init[i]!))))
+          return maxDelta
+        })
+      const free = yield* run({})
+      const byValue = yield* run({ gradientClipVal: 1e-3, gradientClipAlgorithm: "value" })
+      const byNorm = yield* run({ gradientClipVal: 1e-3, gradientClipAlgorithm: "norm" })
+      assert.isAbove(free, 1e-2)
+      assert.isAtMost(byValue, 1e-3 + 1e-7, "SGD(lr=1) moves each weight by at most the clipped gradient")
+      assert.isAtMost(byNorm, 1e-3 + 1e-7)
+    }).pipe(Effect.provide(stack())))
+
+  it.effect("no tensor leaks: the count is flat across epochs and back to the baseline after release", () =>
+    Effect.gen(function*() {
+      const tfjs = yield* Effect.promise(() => import("@tensorflow/tfjs"))
+      const baseline = tfjs.memory().numTensors
+      yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(stack())
+        const trainer = yield* Trainer.make({ ...quiet, maxEpochs: 1 }).pipe(Effect.provide(context))
+        const module = irisClassifier()
+        const data = irisData()
+        yield* trainer.fit(module, data)
+        const afterOne = tfjs.memory().numTensors
+        const more = yield* Trainer.make({ ...quiet, maxEpochs: 5 }).pipe(Effect.provide(context))
+        yield* more.fit(module, data)
+        // The second Trainer builds its own model and optimizer: that is all that may grow.
+        const second = Option.getOrThrow(more.model(module))
+        const growth = tfjs.memory().numTensors - afterOne
+        assert.strictEqual(growth, second.weights.length * 3 + 2, "weights, Adam's m and v, accBeta1 and 2: nothing per batch")
+        yield* trainer.saveCheckpoint("/tmp/unused-leak-check.ckpt").pipe(Effect.ignore)
+      }))
+      assert.strictEqual(tfjs.memory().numTensors, baseline)
+    }))
+
+  describe("CheckpointIO resolution", () => {
+    it.effect("given to the Trainer (plugins)", () => {
+      const custom = countingIO()
+      return Effect.gen(function*() {
+        const trainer = yield* Trainer.Trainer
+        yield* trainer.fit(irisClassifier(), irisData())
+        yield* trainer.saveCheckpoint("/ckpt/a.ckpt")
+        assert.strictEqual(custom.counts.save, 1)
+        assert.isTrue(yield* trainer.checkpointIO.exists("/ckpt/a.ckpt"))
+      }).pipe(Effect.provide(stack({ maxEpochs: 1, plugins: { checkpointIO: custom.layer } })))
+    })
+
+    it.effect("given to the Strategy", () => {
+      const custom = countingIO()
+      return Effect.gen(function*() {
+        const trainer = yield* Trainer.Trainer
+        assert.isTrue(trainer.strategy.hasCustomCheckpointIO)
+        yield* trainer.fit(irisClassifier(), irisData())
+        yield* trainer.saveCheckpoint("/ckpt/a.ckpt")
+        assert.strictEqual(custom.counts.save, 1)
+      }).pipe(Effect.provide(stack({ maxEpochs: 1 }, Strategy.singleDevice({ checkpointIO: custom.layer }))))
+    })
+
+    it.effect("given to both: a typed configuration error when the layer is built", () =>
+      Effect.gen(function*() {
+        const exit = yield* Effect.exit(Layer.build(
+          stack({ plugins: { checkpointIO: countingIO().layer } }, Strategy.singleDevice({ checkpointIO: countingIO().layer }))
+        ))
+        assert.isTrue(Exit.isFailure(exit))
+        const error = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail") : undefined
+        assert.strictEqual((error as { error: { _tag: string } } | undefined)?.error._tag, "TrainerConfigError")
+      }))
+
+    it.effect("a strategy that owns its checkpoint logic refuses a custom IO, from itself or the Trainer", () =>
+      Effect.gen(function*() {
+        const refusing = (io?: Layer.Layer<CheckpointIO>) =>
+          Strategy.layer({ name: "OwnCheckpointsStrategy", acceptsCustomCheckpointIO: false, checkpointIO: io })
+        const own = yield* Effect.exit(Layer.build(stack({}, refusing(countingIO().layer))))
+        assert.isTrue(Exit.isFailure(own))
+        assert.include(String(Exit.isFailure(own) ? own.cause.reasons[0] : ""), "StrategyConfigError")
+        const viaTrainer = yield* Effect.exit(Layer.build(stack({ plugins: { checkpointIO: countingIO().layer } }, refusing())))
+        assert.isTrue(Exit.isFailure(viaTrainer))
+        assert.include(String(Exit.isFailure(viaTrainer) ? viaTrainer.cause.reasons[0] : ""), "TrainerConfigError")
+      }))
+  })
+
+  it.effect("a custom Checkpoint callback is recognised, runs last, and saves through the CheckpointIO", () => {
+    const custom = countingIO()
+    const order: Array<string> = []
+    class EveryThreeSteps extends Callback.Checkpoint {
+      readonly name = "EveryThreeSteps"
+      readonly onTrainBatchEnd: Callback.Hook<[Callback.TrainStepOutput, number]> = (t) =>
+        Effect.gen(function*() {
+          order.push("checkpoint")
+          if (t.globalStep % 3 === 0) yield* t.saveCheckpoint(`/ckpt/step=${t.globalStep}.ckpt`)
+        })
+    }
+    const plain: Callback.Callback = { name: "plain", onTrainBatchEnd: () => Effect.sync(() => void order.push("plain")) }
+    const ckpt = new EveryThreeSteps()
+    return Effect.gen(function*() {
+      const trainer = yield* Trainer.Trainer
+      assert.deepStrictEqual(trainer.checkpointCallbacks, [ckpt])
+      assert.strictEqual(trainer.callbacks[trainer.callbacks.length - 1], ckpt)
+      yield* trainer.fit(irisClassifier(), irisData())
+      assert.deepStrictEqual(order.slice(0, 4), ["plain", "checkpoint", "plain", "checkpoint"])
+      assert.strictEqual(custom.counts.save, 2)
+      assert.deepStrictEqual((yield* trainer.checkpointIO.list("/ckpt")).map((e) => e.path), ["/ckpt/step=3.ckpt", "/ckpt/step=6.ckpt"])
+    }).pipe(Effect.provide(stack({ maxEpochs: 1, callbacks: [ckpt, plain], plugins: { checkpointIO: custom.layer } })))
+  })
+
+  it.effect("saveCheckpoint round-trips weights and Adam's slots and step into a fresh model", () =>
+    Effect.gen(function*() {
+      const trainer = yield* Trainer.Trainer
+      const module = irisClassifier()
+      yield* trainer.fit(module, irisData())
+      yield* trainer.saveCheckpoint("/ckpt/full.ckpt")
+      yield* trainer.saveCheckpoint("/ckpt/weights.ckpt", { weightsOnly: true })
+      const full = yield* trainer.checkpointIO.load("/ckpt/full.ckpt")
+      const names = Object.keys(full.tensors)
+      assert.deepStrictEqual(names.filter((n) => n.startsWith("model/")).sort(), ["model/hidden/bias", "model/hidden/kernel", "model/out/bias", "model/out/kernel"])
+      assert.strictEqual(names.filter((n) => n.startsWith("optimizer/")).length, 11, "Adam: iter, 4 m, 4 v, accBeta1 and 2")
+      const meta = Option.getOrThrow(full.meta)
+      assert.deepStrictEqual(meta.optimizer?.className, "Adam")
+      assert.strictEqual(meta.globalStep, trainer.state.globalStep)
+      assert.deepStrictEqual(meta.hyperParameters, { hidden: 16, lr: 0.05 })
+      const weightsOnly = yield* trainer.checkpointIO.load("/ckpt/weights.ckpt")
+      assert.isTrue(Object.keys(weightsOnly.tensors).every((n) => n.startsWith("model/")))
+
+      // Into a fresh model and optimizer (another module instance, built anew).
+      const strategy = trainer.strategy
+      const tfjs = strategy.device.tf
+      const fresh = module.configureModel(tfjs)
+      const adam = module.configureOptimizers(tfjs, fresh)
+      yield* strategy.restore(fresh, adam, full.tensors)
+      const restored = yield* strategy.stage(fresh, adam)
+      const original = yield* strategy.stage(Option.getOrThrow(trainer.model(module)), undefined)
+      for (const name of Object.keys(original)) {
+        assert.deepStrictEqual(restored[name]!.data, original[name]!.data, name)
+      }
+      const slots = Object.keys(full.tensors).filter((n) => n.startsWith("optimizer/"))
+      for (const name of slots) assert.deepStrictEqual(restored[name]!.data, full.tensors[name]!.data, name)
+      tfjs.dispose(fresh.weights.map((w) => w.read()))
+    }).pipe(Effect.provide(stack({ maxEpochs: 2, plugins: { checkpointIO: MemoryCheckpointIO.layer } }))))
+
+  it.effect("interrupting fit runs onException and releases the device", () =>
+    Effect.gen(function*() {
+      const tfjs = yield* Effect.promise(() => import("@tensorflow/tfjs"))
+      const baseline = tfjs.memory().numTensors
+      const third = yield* Deferred.make<void>()
+      const log: Array<string> = []
+      const signal: Callback.Callback = {
+        name: "signal",
+        onTrainBatchEnd: (t) => (t.globalStep === 3 ? Deferred.succeed(third, undefined) : Effect.void)
+      }
+      const program = Effect.gen(function*() {
+        const trainer = yield* Trainer.Trainer
+        yield* trainer.fit(irisClassifier(), irisData())
+      }).pipe(Effect.provide(stack({ maxEpochs: 1000, callbacks: [signal, recorder(log)] })))
+      const fiber = yield* Effect.forkChild(program)
+      yield* Deferred.await(third)
+      yield* Fiber.interrupt(fiber)
+      assert.isTrue(log.some((l) => l.startsWith("onException")), "onException ran")
+      assert.isTrue(log.some((l) => l.startsWith("teardown(fit)")), "teardown ran")
+      assert.strictEqual(tfjs.memory().numTensors, baseline, "every tensor of the run disposed")
+      // The device is free again.
+      yield* Effect.scoped(Layer.build(Device.layer("cpu")))
+    }))
+})
