@@ -26,10 +26,10 @@ import type { Json } from "effect/Schema"
 import * as Callback from "./Callback.ts"
 import { type Checkpoint as CheckpointRecord, type HostTensor, make as makeCheckpoint } from "./Checkpoint.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
-// import * as CsvLogger from "./CsvLogger.ts"
+import * as CsvLogger from "./CsvLogger.ts"
 import type { DataError, DataModule } from "./DataModule.ts"
 import type { DeviceError } from "./Device.ts"
-// import * as ProgressBar from "./ProgressBar.ts"
+import * as ProgressBar from "./ProgressBar.ts"
 import { type RestoreError, type StepError, Strategy, type StrategyShape } from "./Strategy.ts"
 import type { LogOptions, StepContext, TrainingModule } from "./TrainingModule.ts"
 
@@ -216,8 +216,8 @@ export const make = <E = never, R = never>(
       }
     }
     const builtIn: Array<Callback.Callback> = []
-    // if (options.enableProgressBar !== false) builtIn.push(ProgressBar.make())
-    // if (options.logger !== false) builtIn.push(yield* CsvLogger.make())
+    if (options.enableProgressBar !== false) builtIn.push(ProgressBar.make())
+    if (options.logger !== false) builtIn.push(yield* CsvLogger.make())
     const callbacks = Callback.ordered([...builtIn, ...(options.callbacks ?? [])])
     const checkpointCallbacks = callbacks.filter(Callback.isCheckpoint)
     const keys = new Set<string>()
@@ -555,7 +555,8 @@ export const make = <E = never, R = never>(
           if (validateThisEpoch && !validatedAtEnd && !Number.isFinite(perEpoch)) yield* runValidation(module, model, data)
           const means = metrics.means()
           for (const [k, v] of means) loop.callbackMetrics.set(k, v)
-          if (means.size > 0) loop.loggedMetrics = means
+          // Loggers see exactly the epoch-level training metrics here (maybe none).
+          loop.loggedMetrics = means
           // Stopped mid-epoch (maxSteps, a callback): a checkpoint resumes at the next
           // batch of this epoch; otherwise at the start of the next epoch.
           const finished = !loop.shouldStop || index >= Math.min(perEpoch, trainLimit)

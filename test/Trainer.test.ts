@@ -1,7 +1,7 @@
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import type * as tf from "@tensorflow/tfjs"
-import { Deferred, Effect, Exit, Fiber, Layer, Option } from "effect"
+import { Deferred, Effect, Exit, Fiber, FileSystem, Layer, Option } from "effect"
 import * as Callback from "../src/Callback.ts"
 import { CheckpointIO, type CheckpointIOShape } from "../src/CheckpointIO.ts"
 import * as Device from "../src/Device.ts"
@@ -75,6 +75,23 @@ describe("Trainer", () => {
       assert.deepStrictEqual(predictions[0]!.shape.slice(1), [3])
       assert.strictEqual(trainer.state.globalStep, 30 * data.numTrainBatches!)
     }).pipe(Effect.provide(stack({ maxEpochs: 30 }))))
+
+  it.effect("progress bar and CSV metrics are on by default; the CSV lands in <defaultRootDir>/logs/version_N", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const root = yield* fs.makeTempDirectoryScoped({ prefix: "trainer-logs-" })
+      const trainer = yield* Trainer.make({ maxEpochs: 2, defaultRootDir: root, numSanityValSteps: 0 })
+      assert.deepStrictEqual(trainer.callbacks.map((c) => c.name), ["ProgressBar", "CsvLogger"])
+      yield* trainer.fit(irisClassifier(), irisData())
+      const csv = yield* fs.readFileString(`${root}/logs/version_0/metrics.csv`)
+      const [header, ...rows] = csv.trim().split("\n")
+      assert.deepStrictEqual(header!.split(","), ["epoch", "step", "loss", "train_loss", "val_acc", "val_loss"])
+      // 6 step rows, one validation row and one epoch row per epoch.
+      assert.strictEqual(rows.length, 2 * (6 + 2))
+      const again = yield* Trainer.make({ maxEpochs: 1, defaultRootDir: root, enableProgressBar: false })
+      yield* again.fit(irisClassifier("again"), irisData())
+      assert.isTrue(yield* fs.exists(`${root}/logs/version_1/metrics.csv`))
+    }).pipe(Effect.provide(stack())))
 
   it.effect("loss falls over epochs", () =>
     Effect.gen(function*() {

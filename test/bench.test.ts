@@ -38,4 +38,21 @@ describe("benchmarks (smoke)", () => {
       fs.rmSync(dir, { recursive: true, force: true })
     }
   })
+
+  it("bench:trainer runs a few steps of both models and writes its JSON", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-smoke-"))
+    try {
+      const json = path.join(dir, "trainer.json")
+      execFileSync(process.execPath, ["bench/trainer.ts", "--backend", "wasm", "--steps", "6", "--repeats", "1", "--json", json], {
+        stdio: "pipe"
+      })
+      const result = JSON.parse(fs.readFileSync(json, "utf8")) as Record<string, number | string>
+      assert.deepStrictEqual(Object.keys(result).sort(), ["backend", "cnn_vs_bare", "mlp_vs_bare"])
+      assert.strictEqual(result["backend"], "wasm")
+      assert.isAbove(result["mlp_vs_bare"] as number, 0)
+      assert.isAbove(result["cnn_vs_bare"] as number, 0)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
 })

@@ -1,0 +1,207 @@
+/**
+ * bench:trainer: steps/s of Trainer.fit against a bare tfjs loop doing the same
+ * steps (same model, optimizer, batches, backend), side by side in one run, for an
+ * MLP (784-256-128-10, batch 128) and a small CNN (conv 3x3x32, max-pool, dense;
+ * batch 64).
+ *
+ *   npm run bench:trainer [-- --backend auto|wasm|cpu|tensorflow --steps 60 --repeats 3 --json <file>]
+ *
+ * Both sides read the loss of every step (as the Trainer does for its metrics), and
+ * both time only the steps (not building the model). The two run interleaved, step
+ * by step (see `interleaved`); the ratio is the median Trainer steps/s ÷ the median
+ * bare steps/s of a run, and the figure printed is the median over the repeats.
+ */
+import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import type * as tf from "@tensorflow/tfjs"
+import { Effect, Layer } from "effect"
+import * as fsp from "node:fs/promises"
+import { parseArgs } from "node:util"
+import type * as Callback from "../src/Callback.ts"
+import * as DataModule from "../src/DataModule.ts"
+import * as Device from "../src/Device.ts"
+import * as Random from "../src/Random.ts"
+import * as Strategy from "../src/Strategy.ts"
+import * as Trainer from "../src/Trainer.ts"
+import type { TrainingModule } from "../src/TrainingModule.ts"
+
+const { values } = parseArgs({
+  options: {
+    backend: { type: "string", default: "auto" },
+    steps: { type: "string", default: "60" },
+    repeats: { type: "string", default: "3" },
+    json: { type: "string" }
+  }
+})
+const steps = Number(values.steps)
+const repeats = Number(values.repeats)
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
+}
+
+interface Case {
+  readonly name: "mlp" | "cnn"
+  readonly batchSize: number
+  readonly inputShape: ReadonlyArray<number>
+  readonly build: (tfjs: typeof tf) => tf.LayersModel
+}
+
+const cases: ReadonlyArray<Case> = [
+  {
+    name: "mlp",
+    batchSize: 128,
+    inputShape: [784],
+    build: (tfjs) =>
+      tfjs.sequential({
+        layers: [
+          tfjs.layers.dense({ units: 256, activation: "relu", inputShape: [784], name: "h1" }),
+          tfjs.layers.dense({ units: 128, activation: "relu", name: "h2" }),
+          tfjs.layers.dense({ units: 10, activation: "softmax", name: "out" })
+        ]
+      })
+  },
+  {
+    name: "cnn",
+    batchSize: 64,
+    inputShape: [28, 28, 1],
+    build: (tfjs) =>
+      tfjs.sequential({
+        layers: [
+          tfjs.layers.conv2d({ filters: 32, kernelSize: 3, activation: "relu", inputShape: [28, 28, 1], name: "conv" }),
+          tfjs.layers.maxPooling2d({ poolSize: 2, name: "pool" }),
+          tfjs.layers.flatten({ name: "flat" }),
+          tfjs.layers.dense({ units: 10, activation: "softmax", name: "out" })
+        ]
+      })
+  }
+]
+
+/** Synthetic inputs and one-hot labels for `steps` batches, from a seed. */
+const syntheticData = (c: Case, count: number): DataModule.XY => {
+  const rowSize = c.inputShape.reduce((a, b) => a * b, 1)
+  const n = count * c.batchSize
+  const x = new Float32Array(n * rowSize)
+  let state = 12345
+  for (let i = 0; i < x.length; i++) {
+    const [s, r] = Random.next(state)
+    state = s
+    x[i] = r
+  }
+  const labels = Array.from({ length: n }, (_, i) => (i * 7) % 10)
+  return { x: { dtype: "F32", shape: [n, ...c.inputShape], data: x }, y: DataModule.oneHot(labels, 10) }
+}
+
+const lossOf = (tfjs: typeof tf, model: tf.LayersModel, x: tf.Tensor, y: tf.Tensor) =>
+  tfjs.losses.softmaxCrossEntropy(y, model.apply(x) as tf.Tensor) as tf.Scalar
+
+/** The bare loop's step: a batch sliced from the same arrays, tfjs's minimize, the loss read. */
+const bareStepper = (tfjs: typeof tf, c: Case, data: DataModule.XY) => {
+  const model = c.build(tfjs)
+  const optimizer = tfjs.train.adam(1e-3)
+  const rowSize = data.x.data.length / data.x.shape[0]!
+  const batches = data.x.shape[0]! / c.batchSize
+  const step = (b: number) => {
+    const at = b % batches
+    const cost = tfjs.tidy(() => {
+      const x = tfjs.tensor((data.x.data as Float32Array).subarray(at * c.batchSize * rowSize, (at + 1) * c.batchSize * rowSize), [c.batchSize, ...c.inputShape])
+      const y = tfjs.tensor((data.y.data as Float32Array).subarray(at * c.batchSize * 10, (at + 1) * c.batchSize * 10), [c.batchSize, 10])
+      return optimizer.minimize(() => lossOf(tfjs, model, x, y), true)!
+    })
+    cost.dataSync()
+    cost.dispose()
+  }
+  const dispose = () => {
+    tfjs.dispose(model.weights.map((w) => w.read()))
+    optimizer.dispose()
+  }
+  return { step, dispose }
+}
+
+const module = (c: Case): TrainingModule<DataModule.XY> => ({
+  name: `bench-${c.name}`,
+  configureModel: (tfjs) => c.build(tfjs),
+  configureOptimizers: (tfjs) => tfjs.train.adam(1e-3),
+  trainingStep: (model, batch, ctx) => lossOf(ctx.tf, model, ctx.tensor(batch.x), ctx.tensor(batch.y))
+})
+
+/**
+ * Trainer.fit over the batches (no shuffle), with a bare step run between every two
+ * Trainer steps, so that both sides see the same machine at the same moment (this
+ * machine is shared and its speed drifts by tens of percent within a minute). A
+ * Trainer step is timed from one onTrainBatchStart to the next, less the bare step
+ * run in between: it includes everything the Trainer does per step.
+ */
+const interleaved = (tfjs: typeof tf, c: Case, data: DataModule.XY, count: number) =>
+  Effect.gen(function*() {
+    const bare = bareStepper(tfjs, c, data)
+    const trainerTimes: Array<number> = []
+    const bareTimes: Array<number> = []
+    let previousStart = 0
+    let bareInBetween = 0
+    const clock: Callback.Callback = {
+      name: "bench-clock",
+      onTrainBatchStart: (_t, i) =>
+        Effect.sync(() => {
+          const now = performance.now()
+          // The first 3 steps of each side warm up.
+          if (i > 3) trainerTimes.push(now - previousStart - bareInBetween)
+          previousStart = now
+        }),
+      onTrainBatchEnd: (_t, _o, i) =>
+        Effect.sync(() => {
+          const start = performance.now()
+          bare.step(i)
+          bareInBetween = performance.now() - start
+          if (i >= 3) bareTimes.push(bareInBetween)
+        })
+    }
+    const trainer = yield* Trainer.make({
+      enableProgressBar: false,
+      logger: false,
+      maxEpochs: 1,
+      numSanityValSteps: 0,
+      callbacks: [clock]
+    })
+    const dm = DataModule.fromArrays(data, { batchSize: c.batchSize, shuffle: false, valFraction: 0 })
+    yield* trainer.fit(module(c), dm).pipe(Effect.ensuring(Effect.sync(bare.dispose)))
+    void count
+    return { trainer: 1000 / median(trainerTimes), bare: 1000 / median(bareTimes) }
+  })
+
+const program = Effect.gen(function*() {
+  const device = yield* Device.Device
+  const tfjs = device.tf
+  const results: Record<string, Array<number>> = {}
+  const lines: Array<string> = []
+  for (const c of cases) {
+    const data = syntheticData(c, steps + 3)
+    const ratios: Array<number> = []
+    const rates = { bare: [] as Array<number>, trainer: [] as Array<number> }
+    for (let r = 0; r < repeats; r++) {
+      const { bare, trainer } = yield* interleaved(tfjs, c, data, steps)
+      rates.bare.push(bare)
+      rates.trainer.push(trainer)
+      ratios.push(trainer / bare)
+    }
+    results[c.name] = ratios
+    lines.push(
+      `${c.name}: bare ${median(rates.bare).toFixed(2)} steps/s, Trainer.fit ${median(rates.trainer).toFixed(2)} steps/s, ` +
+        `ratio ${median(ratios).toFixed(3)} (target >= 0.97; per repeat ${ratios.map((x) => x.toFixed(3)).join(" ")})`
+    )
+  }
+  const result = { mlp_vs_bare: median(results["mlp"]!), cnn_vs_bare: median(results["cnn"]!), backend: device.backend }
+  console.log(`backend ${device.backend}${device.isGpu ? " (GPU)" : ""}, ${steps} timed steps per run, ${repeats} repeats, medians`)
+  for (const line of lines) console.log(line)
+  if (values.json !== undefined) yield* Effect.promise(() => fsp.writeFile(values.json!, JSON.stringify(result, null, 2) + "\n"))
+})
+
+const backend = Device.backendChoices.find((b) => b === values.backend) ?? "auto"
+await Effect.runPromise(
+  program.pipe(
+    Effect.provide(Strategy.singleDevice().pipe(Layer.provideMerge(Device.layer(backend)))),
+    Effect.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)),
+    Effect.scoped
+  )
+)

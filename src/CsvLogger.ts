@@ -1,0 +1,237 @@
+/**
+ * `CsvLogger`: the Trainer's default logger (Lightning's `CSVLogger`), as a callback.
+ *
+ * It writes `<saveDir>/<name>/version_<n>/metrics.csv`: a header
+ * `epoch,step,<metrics…>` (metric columns sorted by name, as Lightning does) and one
+ * row per logged event, from `trainer.loggedMetrics`:
+ * - every training step (`onTrainBatchEnd`),
+ * - the end of each training epoch (`onTrainEpochEnd`),
+ * - the end of each validation (`onValidationEpochEnd`, not during the sanity check),
+ * - the end of a test run (`onTestEpochEnd`).
+ * An event with no logged metrics writes no row. Each row carries
+ * `trainer.currentEpoch` and `trainer.globalStep`.
+ *
+ * When new metrics appear (validation metrics after the first validation), the file
+ * gets the union of the columns and earlier rows get empty cells, like Lightning.
+ *
+ * Rows are buffered in memory and the file is written every `flushEvery` rows, on
+ * `onFitEnd`, `teardown` and `onException`, so logging a step costs no I/O. Every
+ * write replaces the whole file atomically (a temporary file in the same directory,
+ * fsynced, renamed over `metrics.csv`): a reader or a crash sees the previous
+ * complete file or the new one, never half a row. The price is that each flush
+ * rewrites the whole file: fine for the CSV sizes of a training run (a row is ~50
+ * bytes), but pick a larger `flushEvery` for runs of millions of steps.
+ *
+ * The version directory is chosen at the first `setup` (the default `saveDir` is
+ * the Trainer's `defaultRootDir`, known only then): the version given, or the next
+ * free one after the existing `version_*` directories, claimed by creating it, so
+ * two loggers never share one. A file that cannot be written fails the hook with a
+ * `CallbackError` naming the file and the reason.
+ *
+ * @since 0.1.0
+ */
+import { Effect, Exit, FileSystem, Option, Path, type PlatformError } from "effect"
+import { type Callback, CallbackError, type TrainerState } from "./Callback.ts"
+import { storageReason } from "./CheckpointIO.ts"
+
+export interface Options {
+  /** The root of the logs (default: the Trainer's `defaultRootDir`). */
+  readonly saveDir?: string | undefined
+  /** The experiment name, a directory under `saveDir` (default `"logs"`). */
+  readonly name?: string | undefined
+  /**
+   * The version number (default: the next free `version_<n>`). An existing
+   * directory is reused and its `metrics.csv` replaced.
+   */
+  readonly version?: number | undefined
+  /** Write the file every `flushEvery` rows (default 50). */
+  readonly flushEvery?: number | undefined
+}
+
+/** A `CsvLogger` is a callback that also says where its files are. */
+export interface CsvLogger extends Callback {
+  /**
+   * The version directory, `<saveDir>/<name>/version_<n>`: `None` until the first
+   * `setup` chose it. A checkpoint callback may put its files under it, as
+   * Lightning's `ModelCheckpoint` does (it runs after this logger).
+   */
+  readonly logDir: Effect.Effect<Option.Option<string>>
+}
+
+/** The name of the metrics file in the version directory. */
+export const metricsFileName = "metrics.csv"
+
+const callbackName = "CsvLogger"
+
+/** A failed file operation as a `CallbackError`: what failed, on which path, and why. */
+const failure = (what: string, path: string) => (error: PlatformError.PlatformError): CallbackError => {
+  const kind = storageReason(error)
+  return new CallbackError({
+    callback: callbackName,
+    reason: `${what} ${path}${kind === "Other" ? "" : ` (${kind})`}: ${error.message}`,
+    cause: error
+  })
+}
+
+/** A CSV field: quoted when it holds a comma, a quote or a line break. */
+const csvField = (text: string): string => /[",\r\n]/.test(text) ? `"${text.replaceAll("\"", "\"\"")}"` : text
+
+const versionPattern = /^version_(\d+)$/
+
+/**
+ * Builds a CSV logger over the `FileSystem` and `Path` in context.
+ *
+ * @example
+ * ```ts
+ * const logger = yield* CsvLogger.make({ name: "mnist" })
+ * // after fit: <defaultRootDir>/mnist/version_0/metrics.csv
+ * ```
+ */
+export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {}) {
+  const fs = yield* FileSystem.FileSystem
+  const path = yield* Path.Path
+  const name = options.name ?? "logs"
+  const flushEvery = Math.max(1, Math.floor(options.flushEvery ?? 50) || 1)
+  const encoder = new TextEncoder()
+
+  let directory: string | undefined
+  /** Metric columns (after `epoch,step`), sorted. */
+  let columns: ReadonlyArray<string> = []
+  /** Every row so far, serialised for `columns`, each ending in a newline. */
+  let body = ""
+  /** Rows not yet in the file. */
+  let pending = 0
+  /** The run failed: later flushes are best effort, so they never hide that failure. */
+  let crashed = false
+
+  /** Creates `root/version_<n>` for the first free `n`; mkdir is the claim. */
+  const claimNextVersion = (root: string) =>
+    Effect.gen(function*() {
+      yield* fs.makeDirectory(root, { recursive: true }).pipe(Effect.mapError(failure("cannot create log directory", root)))
+      const names = yield* fs.readDirectory(root).pipe(Effect.mapError(failure("cannot read log directory", root)))
+      let next = 0
+      for (const entry of names) {
+        const match = versionPattern.exec(entry)
+        if (match) next = Math.max(next, Number(match[1]) + 1)
+      }
+      // Another logger may claim a version between the scan and the mkdir: try the next.
+      for (let attempt = 0;; attempt++) {
+        const candidate = path.join(root, `version_${next + attempt}`)
+        const claimed = yield* fs.makeDirectory(candidate).pipe(
+          Effect.as(true),
+          Effect.catchIf(
+            (error) => attempt < 100 && error.reason._tag === "AlreadyExists",
+            () => Effect.succeed(false)
+          ),
+          Effect.mapError(failure("cannot create log directory", candidate))
+        )
+        if (claimed) return candidate
+      }
+    })
+
+  const useVersion = (root: string, version: number) =>
+    Effect.gen(function*() {
+      const candidate = path.join(root, `version_${version}`)
+      yield* fs.makeDirectory(candidate, { recursive: true }).pipe(
+        Effect.mapError(failure("cannot create log directory", candidate))
+      )
+      const file = path.join(candidate, metricsFileName)
+      if (yield* fs.exists(file).pipe(Effect.orElseSucceed(() => false))) {
+        yield* Effect.logWarning(`${callbackName}: ${file} exists and will be replaced`)
+      }
+      return candidate
+    })
+
+  /** The version directory, chosen (and created) on first use. */
+  const ensureDirectory = (trainer: TrainerState) =>
+    Effect.suspend(() => {
+      if (directory !== undefined) return Effect.succeed(directory)
+      const root = path.join(options.saveDir ?? trainer.defaultRootDir, name)
+      return (options.version === undefined ? claimNextVersion(root) : useVersion(root, options.version)).pipe(
+        Effect.tap((chosen) => Effect.sync(() => void (directory = chosen)))
+      )
+    })
+
+  /** Re-lays the rows out for a larger set of columns (new cells empty). */
+  const widen = (next: ReadonlyArray<string>) => {
+    const from = next.map((column) => columns.indexOf(column))
+    const rows = body.length === 0 ? [] : body.slice(0, -1).split("\n")
+    // Cells are numbers or empty, never quoted: splitting on commas is exact.
+    body = rows.map((row) => {
+      const cells = row.split(",")
+      return [cells[0], cells[1], ...from.map((i) => i < 0 ? "" : cells[i + 2])].join(",") + "\n"
+    }).join("")
+    columns = next
+  }
+
+  const addRow = (trainer: TrainerState) => {
+    const metrics = trainer.loggedMetrics
+    if (metrics.size === 0) return false
+    const added = Array.from(metrics.keys()).filter((key) => !columns.includes(key))
+    if (added.length > 0) widen([...columns, ...added].sort())
+    const cells = columns.map((column) => {
+      const value = metrics.get(column)
+      return value === undefined ? "" : String(value)
+    })
+    body += [String(trainer.currentEpoch), String(trainer.globalStep), ...cells].join(",") + "\n"
+    pending += 1
+    return true
+  }
+
+  /** Replaces `file` with `content` through a temporary file in the same directory. */
+  const replaceFile = (file: string, content: string) => {
+    const temporary = path.join(
+      path.dirname(file),
+      `.${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`
+    )
+    return Effect.scoped(Effect.gen(function*() {
+      const handle = yield* fs.open(temporary, { flag: "w" })
+      yield* handle.writeAll(encoder.encode(content))
+      yield* handle.sync
+    })).pipe(
+      Effect.andThen(fs.rename(temporary, file)),
+      Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Effect.ignore(fs.remove(temporary, { force: true }))),
+      Effect.uninterruptible,
+      Effect.mapError(failure("cannot write", file))
+    )
+  }
+
+  const flush = Effect.fn("CsvLogger.flush")(function*(trainer: TrainerState) {
+    if (pending === 0) return
+    const dir = yield* ensureDirectory(trainer)
+    const header = ["epoch", "step", ...columns].map(csvField).join(",") + "\n"
+    const written = pending
+    yield* replaceFile(path.join(dir, metricsFileName), header + body)
+    pending -= written
+  })
+
+  /** After a failure of the run, a flush is best effort: its error is only logged. */
+  const flushAtEnd = (trainer: TrainerState) =>
+    crashed
+      ? flush(trainer).pipe(Effect.catch((error) => Effect.logWarning(`${callbackName}: ${error.message}`)))
+      : flush(trainer)
+
+  const logRow = (trainer: TrainerState) =>
+    Effect.suspend(() => addRow(trainer) && pending >= flushEvery ? flush(trainer) : Effect.void)
+
+  const logger: CsvLogger = {
+    name: callbackName,
+    logDir: Effect.sync(() => Option.fromNullishOr(directory)),
+    setup: Effect.fn("CsvLogger.setup")(function*(trainer: TrainerState) {
+      crashed = false
+      yield* ensureDirectory(trainer)
+    }),
+    onTrainBatchEnd: logRow,
+    onTrainEpochEnd: logRow,
+    onValidationEpochEnd: (trainer) => trainer.sanityChecking ? Effect.void : logRow(trainer),
+    onTestEpochEnd: logRow,
+    onFitEnd: flush,
+    teardown: flushAtEnd,
+    onException: (trainer) =>
+      Effect.suspend(() => {
+        crashed = true
+        return flushAtEnd(trainer)
+      })
+  }
+  return logger
+})
