@@ -20,6 +20,7 @@
  */
 import { Effect, Exit, FileSystem, Layer, Option, Path, type PlatformError, type Scope } from "effect"
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import { randomBytes } from "node:crypto"
 import {
   CheckpointInvalidArgument,
   CheckpointIO,
@@ -39,8 +40,10 @@ const tempSuffix = ".tmp-ckpt"
 /** Is this directory entry a temporary file of an unfinished save? */
 export const isTemporaryName = (name: string): boolean => name.startsWith(".") && name.endsWith(tempSuffix)
 
+// Not Math.random: a seeded run replaces it inside its steps, and names must never
+// draw from (or depend on) that stream.
 const temporaryName = (base: string, pid: number): string =>
-  `.${base}.${pid}.${Math.random().toString(36).slice(2, 10)}${tempSuffix}`
+  `.${base}.${pid}.${randomBytes(5).toString("hex")}${tempSuffix}`
 
 const ownerPid = (name: string): number | undefined => {
   const match = /\.(\d+)\.[a-z0-9]+\.tmp-ckpt$/.exec(name)

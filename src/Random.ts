@@ -40,3 +40,30 @@ export const permutation = (n: number, seed: number): Int32Array => {
   }
   return out
 }
+
+/** A generator's state, advanced in place. */
+export interface State {
+  value: number
+}
+
+/**
+ * Runs synchronous `f` with `Math.random` drawing from `state`, then puts the real
+ * `Math.random` back. TensorFlow.js seeds every unseeded random op (initializers,
+ * dropout, shuffles) from `Math.random`, so this makes the user's step code
+ * reproducible, and `state.value` is the whole random state to checkpoint. Only the
+ * code inside `f` sees the seeded stream: spans, temporary file names and other
+ * fibers keep the real one, so they cannot shift it.
+ */
+export const withSeeded = <A>(state: State, f: () => A): A => {
+  const original = Math.random
+  Math.random = () => {
+    const [s, r] = next(state.value)
+    state.value = s
+    return r
+  }
+  try {
+    return f()
+  } finally {
+    Math.random = original
+  }
+}

@@ -30,6 +30,7 @@ import * as CsvLogger from "./CsvLogger.ts"
 import type { DataError, DataModule } from "./DataModule.ts"
 import type { DeviceError } from "./Device.ts"
 import * as ProgressBar from "./ProgressBar.ts"
+import * as Random from "./Random.ts"
 import { type RestoreError, type StepError, Strategy, type StrategyShape } from "./Strategy.ts"
 import type { LogOptions, StepContext, TrainingModule } from "./TrainingModule.ts"
 
@@ -72,6 +73,13 @@ export interface TrainerOptions<E = never, R = never> {
   readonly numSanityValSteps?: number | undefined
   readonly gradientClipVal?: number | undefined
   readonly gradientClipAlgorithm?: "norm" | "value" | undefined
+  /**
+   * Seed of the random state of the user's code: every unseeded tfjs random op in
+   * `configureModel` and the steps (initializers, dropout) draws from it, and the
+   * state is saved in checkpoints so a resumed run continues the same stream. Data
+   * shuffling has its own seed (`DataModule.fromArrays`). Unset: tfjs's own randomness.
+   */
+  readonly seed?: number | undefined
   /** Root of logs and checkpoints (default "runs"). */
   readonly defaultRootDir?: string | undefined
   readonly callbacks?: ReadonlyArray<Callback.Callback> | undefined
@@ -244,8 +252,12 @@ export const make = <E = never, R = never>(
       shouldStop: false,
       sanityChecking: false,
       resumedFrom: undefined as string | undefined,
-      current: undefined as { module: TrainingModule<any, any>; built: Built<tf.LayersModel> } | undefined
+      current: undefined as { module: TrainingModule<any, any>; built: Built<tf.LayersModel> } | undefined,
+      /** The random state of the user's code (when seeded). */
+      rng: options.seed === undefined ? undefined : { value: options.seed >>> 0 } as Random.State | undefined
     }
+    /** Runs user code with the seeded random state, if there is one. */
+    const seeded = <A>(f: () => A): A => (loop.rng === undefined ? f() : Random.withSeeded(loop.rng, f))
     const built = new Map<TrainingModule<any, any>, Built<tf.LayersModel>>()
 
     const state: Callback.TrainerState = {
@@ -320,7 +332,7 @@ export const make = <E = never, R = never>(
         }
         const fresh = yield* Effect.try({
           try: () => {
-            const model = module.configureModel(tfjs)
+            const model = seeded(() => module.configureModel(tfjs))
             return { model, optimizer: module.configureOptimizers(tfjs, model) }
           },
           catch: (cause) => new Callback.CallbackError({ callback: module.name, reason: `building the model failed: ${messageOf(cause)}`, cause })
@@ -355,7 +367,7 @@ export const make = <E = never, R = never>(
 
     const runStep = <A>(what: string, f: () => A) =>
       Effect.try({
-        try: () => tfjs.tidy(() => f() as tf.TensorContainer) as A,
+        try: () => tfjs.tidy(() => seeded(f) as tf.TensorContainer) as A,
         catch: (cause) => new Callback.CallbackError({ callback: what, reason: messageOf(cause), cause })
       })
 
@@ -380,7 +392,14 @@ export const make = <E = never, R = never>(
             epoch: loop.epoch,
             globalStep: loop.globalStep,
             weightsOnly,
-            loops: { fit: { nextEpoch: loop.next.epoch, nextBatch: loop.next.batch, globalStep: loop.globalStep } },
+            loops: {
+              fit: {
+                nextEpoch: loop.next.epoch,
+                nextBatch: loop.next.batch,
+                globalStep: loop.globalStep,
+                ...(loop.rng === undefined ? {} : { rng: loop.rng.value })
+              }
+            },
             callbacks: callbackStates,
             optimizer: weightsOnly ? null : { className: optimizer.getClassName(), config: toJson(optimizer.getConfig()) as Record<string, Json> },
             hyperParameters: { ...current.module.hyperParameters },
@@ -418,7 +437,8 @@ export const make = <E = never, R = never>(
         yield* strategy.restore(target.model, target.optimizer, record.tensors)
         if (Option.isSome(record.meta)) {
           const meta = record.meta.value
-          const fitLoop = meta.loops["fit"] as { nextEpoch?: number; nextBatch?: number } | undefined
+          const fitLoop = meta.loops["fit"] as { nextEpoch?: number; nextBatch?: number; rng?: number } | undefined
+          if (fitLoop?.rng !== undefined) loop.rng = { value: fitLoop.rng }
           loop.epoch = fitLoop?.nextEpoch ?? meta.epoch + 1
           loop.resumeBatch = fitLoop?.nextBatch ?? 0
           loop.globalStep = meta.globalStep
@@ -530,7 +550,12 @@ export const make = <E = never, R = never>(
                 Effect.gen(function*() {
                   loop.batchIdx = index
                   yield* call("onTrainBatchStart", index)
-                  const loss = yield* strategy.trainingStep(model, optimizer, () => module.trainingStep(model, batch, ctx), stepOptions)
+                  const loss = yield* strategy.trainingStep(
+                    model,
+                    optimizer,
+                    () => seeded(() => module.trainingStep(model, batch, ctx)),
+                    stepOptions
+                  )
                   loop.globalStep++
                   metrics.step.set("loss", loss)
                   for (const [k, v] of metrics.step) loop.callbackMetrics.set(k, v)

@@ -8,6 +8,8 @@ import * as Device from "../src/Device.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
+import type * as DataModule from "../src/DataModule.ts"
+import type { StepContext, TrainingModule } from "../src/TrainingModule.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
@@ -324,6 +326,99 @@ describe("Trainer", () => {
       for (const name of slots) assert.deepStrictEqual(restored[name]!.data, full.tensors[name]!.data, name)
       tfjs.dispose(fresh.weights.map((w) => w.read()))
     }).pipe(Effect.provide(stack({ maxEpochs: 2, plugins: { checkpointIO: MemoryCheckpointIO.layer } }))))
+
+  it.effect("seed: unseeded initializers and dropout repeat exactly under one seed", () =>
+    Effect.gen(function*() {
+      const withDropout = (name: string) => {
+        const base = irisClassifier(name)
+        return {
+          ...base,
+          configureModel: (tfjs: typeof tf) =>
+            tfjs.sequential({
+              layers: [
+                tfjs.layers.dense({ units: 16, activation: "relu", inputShape: [4], name: "hidden" }),
+                tfjs.layers.dropout({ rate: 0.5, name: "drop" }),
+                tfjs.layers.dense({ units: 3, activation: "softmax", name: "out" })
+              ]
+            }),
+          trainingStep: (model: tf.LayersModel, batch: DataModule.XY, ctx: StepContext) => {
+            const p = model.apply(ctx.tensor(batch.x), { training: true }) as tf.Tensor
+            return ctx.tf.losses.softmaxCrossEntropy(ctx.tensor(batch.y), p) as tf.Scalar
+          }
+        }
+      }
+      const run = (seed: number, name: string) =>
+        Effect.gen(function*() {
+          const module = withDropout(name)
+          const t = yield* Trainer.make({ ...quiet, maxEpochs: 2, seed, numSanityValSteps: 0 })
+          yield* t.fit(module, irisData())
+          return Option.getOrThrow(t.model(module)).getWeights().map((w) => [...w.dataSync()])
+        })
+      const a = yield* run(5, "a")
+      const b = yield* run(5, "b")
+      const c = yield* run(6, "c")
+      assert.deepStrictEqual(a, b)
+      assert.notDeepEqual(a, c)
+    }).pipe(Effect.provide(stack())))
+
+  it.effect("resume: stateful callbacks, module state, and the loop continue exactly (also mid-epoch)", () =>
+    Effect.gen(function*() {
+      const counter = () => {
+        let batches = 0
+        const loaded: Array<unknown> = []
+        const cb: Callback.Callback = {
+          name: "Counter",
+          stateKey: "Counter{v1}",
+          stateDict: () => ({ batches }),
+          loadStateDict: (state) => Effect.sync(() => {
+            loaded.push(state)
+            batches = (state as { batches: number }).batches
+          }),
+          onTrainBatchEnd: () => Effect.sync(() => void batches++)
+        }
+        return { cb, loaded, get batches() { return batches } }
+      }
+      const userState: Array<unknown> = []
+      const module = (name: string) => ({
+        ...irisClassifier(name),
+        onSaveCheckpoint: () => ({ note: "kept" }),
+        onLoadCheckpoint: (user: unknown) => void userState.push(user)
+      })
+      const weightsOf = (t: Trainer.TrainerShape, m: TrainingModule<DataModule.XY>) =>
+        Option.getOrThrow(t.model(m)).getWeights().map((w) => [...w.dataSync()])
+
+      // Straight: 3 epochs.
+      const straightModule = module("straight")
+      const straight = yield* Trainer.make({ ...quiet, maxEpochs: 3, seed: 11, numSanityValSteps: 0, plugins: { checkpointIO: MemoryCheckpointIO.layer } })
+      yield* straight.fit(straightModule, irisData())
+
+      // Stopped at step 8 (mid-epoch: 6 batches per epoch), saved, then resumed in a new Trainer.
+      const first = counter()
+      const stopAt8: Callback.Callback = {
+        name: "stopAt8",
+        onTrainBatchEnd: (t) => t.globalStep === 8 ? Effect.andThen(t.saveCheckpoint("/ckpt/mid.ckpt"), Effect.sync(t.stop)) : Effect.void
+      }
+      const io = Layer.effect(CheckpointIO, MemoryCheckpointIO.make).pipe(Layer.provideMerge(MemoryCheckpointIO.MemoryStore.layer))
+      const shared = yield* Layer.build(io)
+      const sharedIO = Layer.succeedContext(shared)
+      const part1 = yield* Trainer.make({ ...quiet, maxEpochs: 3, seed: 11, numSanityValSteps: 0, callbacks: [first.cb, stopAt8], plugins: { checkpointIO: sharedIO } })
+      yield* part1.fit(module("part1"), irisData())
+      assert.strictEqual(part1.state.globalStep, 8)
+
+      const second = counter()
+      const resumedModule = module("part2")
+      const part2 = yield* Trainer.make({ ...quiet, maxEpochs: 3, seed: 999, numSanityValSteps: 0, callbacks: [second.cb], plugins: { checkpointIO: sharedIO } })
+      yield* part2.fit(resumedModule, irisData(), { ckptPath: "/ckpt/mid.ckpt" })
+      assert.deepStrictEqual(second.loaded, [{ batches: 8 }])
+      assert.strictEqual(second.batches, 18)
+      assert.deepStrictEqual(userState, [{ note: "kept" }])
+      assert.strictEqual(part2.state.globalStep, 18)
+      assert.strictEqual(part2.state.resumedFrom, "/ckpt/mid.ckpt")
+      assert.deepStrictEqual(weightsOf(part2, resumedModule), weightsOf(straight, straightModule), "bit-identical weights")
+
+      const missing = yield* Effect.flip(part2.fit(module("missing"), irisData(), { ckptPath: "/ckpt/nope.ckpt" }))
+      assert.strictEqual(missing._tag, "CheckpointNotFound")
+    }).pipe(Effect.provide(stack())))
 
   it.effect("interrupting fit runs onException and releases the device", () =>
     Effect.gen(function*() {
