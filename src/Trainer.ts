@@ -599,6 +599,9 @@ export const make = <E = never, R = never>(
       yield* body.pipe(
         Effect.onError((cause) =>
           Effect.gen(function*() {
+            yield* Cause.hasInterruptsOnly(cause)
+              ? Effect.logWarning(`Trainer: fit interrupted at epoch ${loop.epoch}, step ${loop.globalStep}; flushing pending checkpoints`)
+              : Effect.logError(`Trainer: fit failed at epoch ${loop.epoch}, step ${loop.globalStep}: ${Cause.pretty(cause)}`)
             yield* call("onException", cause).pipe(
               Effect.catchCause((c) => Effect.logError(`onException hook failed: ${Cause.pretty(c)}`))
             )
