@@ -226,6 +226,14 @@ export const make = (options?: Options) =>
       return yield* base.list(dir)
     })
 
+    const copy: CheckpointIOShape["copy"] = Effect.fn("AsyncCheckpointIO.copy")(function*(source, target) {
+      yield* report
+      // The source's pending save first, then the target's (so an older save cannot land on top).
+      yield* settled(source)
+      yield* settled(target)
+      yield* base.copy(source, target)
+    })
+
     const flush: CheckpointIOShape["flush"] = Effect.gen(function*() {
       yield* FiberSet.awaitEmpty(fibers)
       yield* base.flush
@@ -240,7 +248,7 @@ export const make = (options?: Options) =>
       )
     )
 
-    return { save, load, remove, exists, list, flush } satisfies CheckpointIOShape
+    return { save, load, remove, exists, list, flush, copy } satisfies CheckpointIOShape
   })
 
 /**

@@ -20,7 +20,7 @@ import { Context, Data, Effect, PlatformError } from "effect"
 import type { Checkpoint } from "./Checkpoint.ts"
 
 /** The operations of the service, named in errors. */
-export type Operation = "save" | "load" | "remove" | "exists" | "list" | "flush"
+export type Operation = "save" | "load" | "remove" | "exists" | "list" | "flush" | "copy"
 
 /** No checkpoint under `path`. */
 export class CheckpointNotFound extends Data.TaggedError("CheckpointNotFound")<{
@@ -158,6 +158,13 @@ export interface CheckpointIOShape {
    * save that failed. Immediate for synchronous stores.
    */
   readonly flush: Effect.Effect<void, CheckpointIOError>
+  /**
+   * Makes `target` a checkpoint with the content of `source`, atomically (a reader
+   * sees the previous `target` or the new one): a hard link where the storage
+   * supports one (no bytes copied; later saves to `source` do not change `target`),
+   * otherwise a copy. What `ModelCheckpoint(saveLast: "link")` uses.
+   */
+  readonly copy: (source: string, target: string) => Effect.Effect<void, CheckpointIOError>
 }
 
 /**
@@ -169,10 +176,19 @@ export const checkPath = (operation: Operation, path: string): Effect.Effect<voi
     ? Effect.fail(new CheckpointInvalidArgument({ operation, path, reason: "a checkpoint path must name a file" }))
     : Effect.void
 
-/** Builds a store from its operations; `flush` defaults to nothing to wait for. */
+/**
+ * Builds a store from its operations. `flush` defaults to nothing to wait for;
+ * `copy` defaults to a load of the source and a save to the target.
+ */
 export const make = (
-  operations: Omit<CheckpointIOShape, "flush"> & { readonly flush?: CheckpointIOShape["flush"] | undefined }
-): CheckpointIOShape => ({ ...operations, flush: operations.flush ?? Effect.void })
+  operations:
+    & Omit<CheckpointIOShape, "flush" | "copy">
+    & { readonly flush?: CheckpointIOShape["flush"] | undefined; readonly copy?: CheckpointIOShape["copy"] | undefined }
+): CheckpointIOShape => ({
+  ...operations,
+  flush: operations.flush ?? Effect.void,
+  copy: operations.copy ?? ((source, target) => Effect.flatMap(operations.load(source), (c) => operations.save(c, target)))
+})
 
 /** The service key. Provide it with `FileCheckpointIO.layer`, `MemoryCheckpointIO.layer`, … */
 export class CheckpointIO extends Context.Service<CheckpointIO, CheckpointIOShape>()("effect-trainer/CheckpointIO") {}

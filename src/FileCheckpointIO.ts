@@ -176,6 +176,33 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
     }))
   })
 
+  const copy: CheckpointIOShape["copy"] = Effect.fn("FileCheckpointIO.copy")(function*(source, target) {
+    const from = yield* resolveTarget("copy", source)
+    const to = yield* resolveTarget("copy", target)
+    yield* Effect.annotateCurrentSpan({ source: from, target: to })
+    const info = yield* fs.stat(from).pipe(Effect.mapError(fail("copy", from)))
+    if (info.type !== "File") {
+      return yield* new CheckpointInvalidArgument({ operation: "copy", path: from, reason: `is a ${info.type}, not a file` })
+    }
+    if (from === to) return
+    const dir = path.dirname(to)
+    yield* fs.makeDirectory(dir, { recursive: true }).pipe(Effect.mapError(storageError("copy", to)))
+    const tmp = path.join(dir, temporaryName(path.basename(to), process.pid))
+    yield* Effect.gen(function*() {
+      // A hard link: no bytes copied, and the target keeps this content even when the
+      // source is saved again. Where links are refused (another device, no support), a copy.
+      const linked = yield* fs.link(from, tmp).pipe(Effect.as(true), Effect.catch(() => Effect.succeed(false)))
+      if (!linked) {
+        yield* fs.copyFile(from, tmp)
+        yield* Effect.scoped(Effect.flatMap(fs.open(tmp, { flag: "r+" }), (f) => f.sync))
+      }
+      yield* commit(tmp, to, dir, true)
+    }).pipe(
+      Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
+      Effect.mapError(storageError("copy", to))
+    )
+  })
+
   const remove: CheckpointIOShape["remove"] = Effect.fn("FileCheckpointIO.remove")(function*(file) {
     const target = yield* resolveTarget("remove", file)
     yield* Effect.annotateCurrentSpan({ path: target })
@@ -226,7 +253,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
     return entries
   })
 
-  return CheckpointIOMake({ save, load, remove, exists, list })
+  return CheckpointIOMake({ save, load, remove, exists, list, copy })
 })
 
 /** The file store over whatever `FileSystem` and `Path` the application provides. */

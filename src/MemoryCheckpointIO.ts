@@ -108,6 +108,15 @@ export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect
     return files.has(target)
   })
 
+  const copy: CheckpointIOShape["copy"] = Effect.fn("MemoryCheckpointIO.copy")(function*(source, target) {
+    const from = yield* key("copy", source)
+    const to = yield* key("copy", target)
+    const file = files.get(from)
+    if (file === undefined) return yield* new CheckpointNotFound({ operation: "copy", path: from })
+    // Stored bytes are never changed in place (a save replaces the entry), so sharing them is a link.
+    files.set(to, file)
+  })
+
   const list: CheckpointIOShape["list"] = Effect.fn("MemoryCheckpointIO.list")(function*(dir) {
     const target = normalize(dir)
     return [...files.entries()]
@@ -116,7 +125,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect
       .map(([path, file]) => ({ path, modifiedAt: file.modifiedAt, size: file.bytes.byteLength }))
   })
 
-  return CheckpointIOMake({ save, load, remove, exists, list })
+  return CheckpointIOMake({ save, load, remove, exists, list, copy })
 })
 
 /** The memory store with the `MemoryStore` exposed, for tests that inspect bytes. */

@@ -157,6 +157,24 @@ export const checkpointIOSuite = (name: string, makeLayer: () => Layer.Layer<Che
       assert.deepStrictEqual((yield* io.list(raw.root)).map((e) => e.path.slice(raw.root.length)), ["/b.ckpt"])
     }))
 
+    test("copy: the target gets the source's content, and keeps it when the source is saved again", Effect.gen(function*() {
+      const { at, io, raw } = yield* setup
+      yield* io.save(sample(1), at("a.ckpt"))
+      yield* io.copy(at("a.ckpt"), at("sub/last.ckpt"))
+      assertSameTensors((yield* io.load(at("sub/last.ckpt"))).tensors, sample(1).tensors)
+      yield* io.save(sample(2), at("a.ckpt"))
+      yield* io.copy(at("a.ckpt"), at("b.ckpt"))
+      assertSameTensors((yield* io.load(at("sub/last.ckpt"))).tensors, sample(1).tensors)
+      assertSameTensors((yield* io.load(at("b.ckpt"))).tensors, sample(2).tensors)
+      yield* io.copy(at("b.ckpt"), at("b.ckpt")) // onto itself: nothing to do
+      assertSameTensors((yield* io.load(at("b.ckpt"))).tensors, sample(2).tensors)
+      yield* io.remove(at("a.ckpt"))
+      assertSameTensors((yield* io.load(at("b.ckpt"))).tensors, sample(2).tensors)
+      yield* expectError(io.copy(at("missing.ckpt"), at("c.ckpt")), "CheckpointNotFound", "copy of a missing checkpoint")
+      yield* raw.settle
+      assert.deepStrictEqual((yield* io.list(raw.root)).map((e) => e.path.slice(raw.root.length)), ["/b.ckpt"])
+    }))
+
     test("refuses invalid checkpoints and paths, and writes nothing", Effect.gen(function*() {
       const { at, io } = yield* setup
       const cases: Array<[string, Checkpoint.Checkpoint]> = [
