@@ -42,7 +42,7 @@ const iris: TrainingModule.TrainingModule<DataModule.XY> = {
     t.sequential({
       layers: [
         t.layers.dense({ units: 16, activation: "relu", inputShape: [4], name: "hidden" }),
-        t.layers.dense({ units: 3, activation: "softmax", name: "out" })
+        t.layers.dense({ units: 3, name: "out" }) // logits: the loss applies the softmax
       ]
     }),
   configureOptimizers: (t) => t.train.adam(0.05),

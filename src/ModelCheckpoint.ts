@@ -1,0 +1,1023 @@
+/**
+ * `ModelCheckpoint`: saves checkpoints while a fit runs, keeps the best `saveTopK`
+ * of them by a monitored metric, and optionally a `last.ckpt` to resume from
+ * (Lightning's `ModelCheckpoint`, with its options in camelCase).
+ *
+ * Every storage access goes through `trainer.checkpointIO` (`save` through the
+ * Trainer, and `exists`, `list`, `copy`, `remove`): the callback never touches a
+ * file system, so it works unchanged over `FileCheckpointIO`, `MemoryCheckpointIO`,
+ * `AsyncCheckpointIO` and any custom store. Paths are POSIX-style strings,
+ * `<dirpath>/<name>.ckpt`.
+ *
+ * What it keeps (Lightning's rules):
+ * - with `monitor`: the `saveTopK` best checkpoints by that metric (`mode` `"min"`
+ *   or `"max"`; a NaN value counts as the worst; a tie never replaces a kept
+ *   checkpoint); `saveTopK: -1` keeps all, `0` none (`saveLast` still works);
+ * - without `monitor`: `saveTopK` 1 keeps the newest, -1 all, 0 none;
+ * - `saveLast: true`: also `last.ckpt`, a full save, each time; `"link"`: `last.ckpt`
+ *   made by `checkpointIO.copy` from the checkpoint just saved (a hard link where the
+ *   store supports one, so removing that file later leaves `last.ckpt` whole; a full
+ *   save when nothing was saved at this step).
+ *
+ * What it never deletes: the checkpoint the run resumed from (`resumedFrom`), the
+ * newest checkpoint it wrote, a checkpoint it still tracks, or anything that is not
+ * directly inside its `dirpath`. A rotated-out checkpoint is removed only once its
+ * replacement is committed: the callback first asks `checkpointIO.exists(new)`, which
+ * on `AsyncCheckpointIO` waits for that path's pending save (and reports a failed
+ * background save as an error), and removes the old file only if it answered true.
+ * The price on `AsyncCheckpointIO`: a save that rotates a file out waits for its own
+ * write before training goes on (saves that rotate nothing stay in the background).
+ * `saveLast: "link"` also waits, since `copy` needs the source committed.
+ *
+ * When it saves (by default at the end of every training epoch):
+ * - `everyNTrainSteps`, `everyNEpochs` and `trainTimeInterval` are mutually
+ *   exclusive (a `ModelCheckpointConfigError` from `make`); `last.ckpt` is written at
+ *   every epoch end (or validation end) whatever `everyNEpochs` says, as in Lightning;
+ * - `saveOnTrainEpochEnd: true`: at the end of training epochs; `false`: at the end
+ *   of each validation during fit; unset (the default): at the end of training
+ *   epochs, except an epoch in which no validation ran while validations run in this
+ *   fit (the `checkValEveryNEpoch > 1` case); a validation inside an epoch
+ *   (`valCheckInterval < 1`) is followed by a save before the next batch. So with
+ *   validation at the end of each epoch, the save sees that epoch's validation and
+ *   training metrics, and resumes cleanly at the next epoch. (Lightning decides this
+ *   from the Trainer's `check_val_every_n_epoch` / `val_check_interval`, which the
+ *   callback cannot see here; the only difference is that the first epochs before a
+ *   first validation every N epochs are saved too.)
+ * - never during the sanity check, outside `fit`, at step 0, or twice at one global step.
+ *
+ * Names: `filename` is a template (default `{epoch}-{step}`) with fields `{epoch}`,
+ * `{step}` and any metric, each with an optional Python format spec
+ * (`{val_loss:.2f}`, `{epoch:03d}`); with `autoInsertMetricName` (default) a field
+ * `{x}` renders as `x=<value>`, so the default gives `epoch=1-step=12.ckpt`. A metric
+ * that is missing renders as 0 (Lightning's rule). The rendered name is made a single
+ * file name: `/`, `\` and control characters become `_` and leading dots become `_`,
+ * so no template or metric (`{val/loss}`, `../x`) can place a file outside `dirpath`.
+ * With `enableVersionCounter` (default) a name that already exists in storage gets
+ * `-v1`, `-v2`, … (`epoch=1-step=12-v1.ckpt`, `last-v1.ckpt`).
+ *
+ * Resuming: `fit(..., { ckptPath: "last" })` asks the checkpoint callbacks for their
+ * `lastModelPath`. A fresh `ModelCheckpoint` has not saved anything, so at `setup`
+ * (which the Trainer runs before it resolves `ckptPath`) it lists its `dirpath` and
+ * offers the newest `last.ckpt` / `last-vN.ckpt` found there. The callback's state
+ * (best paths and scores, `dirpath`) goes into every checkpoint under its `stateKey`
+ * and comes back on resume; resumed into another `dirpath`, only `bestModelPath` is
+ * kept, as in Lightning.
+ *
+ * @example
+ * ```ts
+ * const checkpoint = yield* ModelCheckpoint.make({ monitor: "val_loss", mode: "min", saveTopK: 2, saveLast: true })
+ * const trainer = yield* Trainer.make({ maxEpochs: 10, callbacks: [checkpoint] })
+ * yield* trainer.fit(module, data)
+ * console.log(checkpoint.bestModelPath, checkpoint.bestModelScore)
+ * ```
+ *
+ * @since 0.1.0
+ */
+import { Cause, Clock, Data, Duration, Effect, Option } from "effect"
+import type { Json } from "effect/Schema"
+import * as posix from "node:path/posix"
+import * as Callback from "./Callback.ts"
+import type { CheckpointMeta } from "./Checkpoint.ts"
+
+/** A `ModelCheckpoint` was configured in a way that can never work. */
+export class ModelCheckpointConfigError extends Data.TaggedError("ModelCheckpointConfigError")<{
+  readonly option: string
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `ModelCheckpoint option ${this.option}: ${this.reason}`
+  }
+}
+
+export type Mode = "min" | "max"
+
+export interface Options {
+  /** Where checkpoints go (default `<trainer.defaultRootDir>/checkpoints`, decided at `setup`). */
+  readonly dirpath?: string | undefined
+  /** File name template without the extension (default `{epoch}-{step}`). */
+  readonly filename?: string | undefined
+  /** The metric to rank checkpoints by; none: the newest counts as the best. */
+  readonly monitor?: string | undefined
+  /** `"min"` (default) or `"max"`: which values of `monitor` are better. */
+  readonly mode?: Mode | undefined
+  /** How many checkpoints to keep (default 1; -1: all; 0: none, `saveLast` still works). */
+  readonly saveTopK?: number | undefined
+  /** Also keep `last.ckpt`: `true` a full save, `"link"` a `checkpointIO.copy` (default false). */
+  readonly saveLast?: boolean | "link" | undefined
+  /** Save model weights only (no optimizer, loop or callback state: such a file cannot resume a fit). */
+  readonly saveWeightsOnly?: boolean | undefined
+  /** Render a field `{x}` as `x=<value>` (default true). */
+  readonly autoInsertMetricName?: boolean | undefined
+  /** Save every N optimizer steps (at the end of the training batch). */
+  readonly everyNTrainSteps?: number | undefined
+  /** Save top-k every N epochs (default 1 when no other trigger is set; 0 disables). */
+  readonly everyNEpochs?: number | undefined
+  /** Save when this much time has passed since the last such save (a number is milliseconds). */
+  readonly trainTimeInterval?: Duration.Input | undefined
+  /** Save at the end of training epochs (`true`) or of validations (`false`); see the module notes for unset. */
+  readonly saveOnTrainEpochEnd?: boolean | undefined
+  /** Save `exception-<name>.ckpt` (and `last`) when the fit fails or is interrupted (default false). */
+  readonly saveOnException?: boolean | undefined
+  /** Append `-v1`, `-v2`, … to a name that already exists in storage (default true); false overwrites. */
+  readonly enableVersionCounter?: boolean | undefined
+  /** Log each decision with `Effect.logInfo` (default false). */
+  readonly verbose?: boolean | undefined
+}
+
+// ---------------------------------------------------------------------------
+// File name templates
+
+/** A parsed Python format spec (the subset that makes sense for numbers). */
+export interface FormatSpec {
+  readonly fill: string
+  readonly align: "<" | ">" | "=" | "^" | undefined
+  readonly sign: "+" | "-" | " " | undefined
+  readonly zeroNegative: boolean
+  readonly alternate: boolean
+  readonly zero: boolean
+  readonly width: number
+  readonly grouping: "," | "_" | undefined
+  readonly precision: number | undefined
+  readonly type: string | undefined
+}
+
+/** A piece of a parsed file name template. */
+export type Segment =
+  | { readonly _tag: "Literal"; readonly text: string }
+  | { readonly _tag: "Field"; readonly name: string; readonly spec: FormatSpec }
+
+const specPattern = /^(?:([\s\S])?([<>=^]))?([-+ ])?(z)?(#)?(0)?(\d+)?([,_])?(?:\.(\d+))?([bdeEfFgGnoxX%])?$/
+
+const parseSpec = (text: string): FormatSpec | undefined => {
+  const m = specPattern.exec(text)
+  if (m === null) return undefined
+  return {
+    fill: m[1] ?? " ",
+    align: m[2] as FormatSpec["align"],
+    sign: m[3] as FormatSpec["sign"],
+    zeroNegative: m[4] !== undefined,
+    alternate: m[5] !== undefined,
+    zero: m[6] !== undefined,
+    width: m[7] === undefined ? 0 : Number(m[7]),
+    grouping: m[8] as FormatSpec["grouping"],
+    precision: m[9] === undefined ? undefined : Number(m[9]),
+    type: m[10]
+  }
+}
+
+/**
+ * Parses a file name template: literal text, `{{` / `}}` for braces, and fields
+ * `{name}` or `{name:spec}`. Fails with the reason on malformed input.
+ */
+export const parseTemplate = (template: string): Array<Segment> | string => {
+  const segments: Array<Segment> = []
+  let literal = ""
+  let i = 0
+  while (i < template.length) {
+    const ch = template[i]!
+    if (ch === "{" && template[i + 1] === "{") {
+      literal += "{"
+      i += 2
+    } else if (ch === "}" && template[i + 1] === "}") {
+      literal += "}"
+      i += 2
+    } else if (ch === "}") {
+      return `a single "}" at position ${i} (write "}}" for a brace)`
+    } else if (ch === "{") {
+      const end = template.indexOf("}", i + 1)
+      if (end === -1) return `the field at position ${i} has no closing "}"`
+      const body = template.slice(i + 1, end)
+      if (body.includes("{")) return `nested braces in the field "{${body}}"`
+      const colon = body.indexOf(":")
+      const name = colon === -1 ? body : body.slice(0, colon)
+      if (name.length === 0) return `an empty field name at position ${i}`
+      const spec = parseSpec(colon === -1 ? "" : body.slice(colon + 1))
+      if (spec === undefined) return `unsupported format spec in "{${body}}"`
+      if (literal.length > 0) segments.push({ _tag: "Literal", text: literal })
+      literal = ""
+      segments.push({ _tag: "Field", name, spec })
+      i = end + 1
+    } else {
+      literal += ch
+      i += 1
+    }
+  }
+  if (literal.length > 0) segments.push({ _tag: "Literal", text: literal })
+  return segments
+}
+
+const twoDigitExponent = (exponent: number) => `${exponent < 0 ? "-" : "+"}${String(Math.abs(exponent)).padStart(2, "0")}`
+
+/** `abs` in Python's exponent notation with `digits` after the point: `1.50e-07`. */
+const exponential = (abs: number, digits: number | undefined): string => {
+  const text = digits === undefined ? abs.toExponential() : abs.toExponential(digits)
+  const [mantissa, exponent] = text.split("e") as [string, string]
+  return `${mantissa}e${twoDigitExponent(Number(exponent))}`
+}
+
+/** Python's `repr` of a finite non-negative float: shortest digits, `1.0`, `1e-05`, `1e+16`. */
+const floatRepr = (abs: number): string => {
+  if (abs === 0) return "0.0"
+  const [mantissa, exponentText] = abs.toExponential().split("e") as [string, string]
+  const exponent = Number(exponentText)
+  if (exponent < -4 || exponent >= 16) return `${mantissa}e${twoDigitExponent(exponent)}`
+  const digits = mantissa.replace(".", "")
+  if (exponent >= 0) {
+    const whole = digits.slice(0, exponent + 1).padEnd(exponent + 1, "0")
+    return `${whole}.${digits.slice(exponent + 1) || "0"}`
+  }
+  return `0.${"0".repeat(-exponent - 1)}${digits}`
+}
+
+const stripZeros = (text: string): string => {
+  const [mantissa, exponent] = text.split("e") as [string, string | undefined]
+  const stripped = mantissa.includes(".") ? mantissa.replace(/0+$/, "").replace(/\.$/, "") : mantissa
+  return exponent === undefined ? stripped : `${stripped}e${exponent}`
+}
+
+/** Python's `g` format of a finite non-negative float. */
+const general = (abs: number, precision: number, alternate: boolean): { text: string; fixed: boolean } => {
+  const p = precision === 0 ? 1 : precision
+  const exponent = abs === 0 ? 0 : Number(abs.toExponential(p - 1).split("e")[1])
+  const fixed = exponent >= -4 && exponent < p
+  const text = fixed ? abs.toFixed(p - 1 - exponent) : exponential(abs, p - 1)
+  return { text: alternate ? text : stripZeros(text), fixed }
+}
+
+const group = (digits: string, separator: string): string => {
+  const dot = digits.search(/[.e%]/)
+  const whole = dot === -1 ? digits : digits.slice(0, dot)
+  if (!/^\d+$/.test(whole)) return digits
+  return whole.replace(/\B(?=(\d{3})+(?!\d))/g, separator) + (dot === -1 ? "" : digits.slice(dot))
+}
+
+/** Formats `value` with a Python format spec; `integer` says whether it is an int (epoch, step). */
+const formatValue = (value: number, integer: boolean, spec: FormatSpec): string => {
+  const type = spec.type
+  const upper = type === "E" || type === "F" || type === "G" || type === "X"
+  let negative = value < 0 || Object.is(value, -0)
+  const abs = Math.abs(value)
+  let body: string
+  if (Number.isNaN(value)) {
+    body = "nan"
+    negative = false
+  } else if (!Number.isFinite(value)) {
+    body = "inf"
+  } else {
+    switch (type) {
+      case "d":
+        body = String(Math.trunc(abs))
+        break
+      case "b":
+        body = Math.trunc(abs).toString(2)
+        break
+      case "o":
+        body = Math.trunc(abs).toString(8)
+        break
+      case "x":
+      case "X":
+        body = Math.trunc(abs).toString(16)
+        break
+      case "f":
+      case "F":
+        body = abs.toFixed(spec.precision ?? 6)
+        break
+      case "e":
+      case "E":
+        body = exponential(abs, spec.precision ?? 6)
+        break
+      case "%":
+        body = `${(abs * 100).toFixed(spec.precision ?? 6)}%`
+        break
+      case "g":
+      case "G":
+        body = general(abs, spec.precision ?? 6, spec.alternate).text
+        break
+      case "n":
+        body = integer ? String(abs) : general(abs, spec.precision ?? 6, spec.alternate).text
+        break
+      default: {
+        if (spec.precision !== undefined) {
+          const g = general(abs, spec.precision, spec.alternate)
+          body = g.fixed && !g.text.includes(".") && !integer ? `${g.text}.0` : g.text
+        } else {
+          body = integer && Number.isInteger(abs) ? String(abs) : floatRepr(abs)
+        }
+      }
+    }
+  }
+  if (upper) body = body.toUpperCase()
+  if (spec.grouping !== undefined) body = group(body, spec.grouping)
+  if (negative && spec.zeroNegative && /^[0.]+(e[+-]\d+)?%?$/i.test(body.replace(/[,_]/g, ""))) negative = false
+  const sign = negative ? "-" : spec.sign === "+" ? "+" : spec.sign === " " ? " " : ""
+  const align = spec.align ?? (spec.zero ? "=" : ">")
+  const fill = spec.align === undefined && spec.zero ? "0" : spec.fill
+  const pad = Math.max(0, spec.width - sign.length - body.length)
+  switch (align) {
+    case "<":
+      return sign + body + fill.repeat(pad)
+    case "^":
+      return fill.repeat(Math.floor(pad / 2)) + sign + body + fill.repeat(pad - Math.floor(pad / 2))
+    case "=":
+      return sign + fill.repeat(pad) + body
+    default:
+      return fill.repeat(pad) + sign + body
+  }
+}
+
+/**
+ * Makes a rendered name a single, visible file name: path separators and control
+ * characters become `_`, and so do leading dots. Whatever a template or a metric name
+ * holds (`val/loss`, `..`, `/abs`), the result names a file directly inside `dirpath`.
+ */
+export const sanitizeFileName = (name: string): string => {
+  const flat = name.replace(/[/\\\u0000-\u001f\u007f]/g, "_").replace(/^\.+/, (dots) => "_".repeat(dots.length))
+  return flat.length === 0 ? "_" : flat
+}
+
+/** Metrics that format as integers. */
+const integerFields = new Set(["epoch", "step"])
+
+/**
+ * Renders a template with metric values, like Lightning's `_format_checkpoint_name`
+ * (a missing metric renders as 0), then sanitises it (`sanitizeFileName`). No
+ * extension, no directory.
+ */
+export const renderTemplate = (
+  segments: ReadonlyArray<Segment>,
+  metrics: ReadonlyMap<string, number>,
+  autoInsertMetricName: boolean
+): string => {
+  let out = ""
+  for (const segment of segments) {
+    if (segment._tag === "Literal") {
+      out += segment.text
+      continue
+    }
+    const value = metrics.get(segment.name)
+    const integer = value === undefined || integerFields.has(segment.name)
+    out += (autoInsertMetricName ? `${segment.name}=` : "") + formatValue(value ?? 0, integer, segment.spec)
+  }
+  return sanitizeFileName(out)
+}
+
+// ---------------------------------------------------------------------------
+// State encoding (JSON has no Infinity or NaN)
+
+type Score = number
+
+const encodeScore = (score: Score): Json =>
+  Number.isNaN(score) ? "nan" : score === Infinity ? "inf" : score === -Infinity ? "-inf" : score
+
+const decodeScore = (json: Json | undefined): Score | undefined =>
+  typeof json === "number"
+    ? json
+    : json === "inf"
+    ? Infinity
+    : json === "-inf"
+    ? -Infinity
+    : json === "nan"
+    ? NaN
+    : undefined
+
+const pyRepr = (value: string | number | undefined): string => {
+  if (value === undefined) return "None"
+  if (typeof value === "number") return String(value)
+  return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`
+}
+
+const baseName = (path: string): string => path.slice(Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\")) + 1)
+
+const lastPattern = /^last(?:-v(\d+))?\.ckpt$/
+
+// ---------------------------------------------------------------------------
+// The callback
+
+interface Resolved {
+  readonly dirpath: string | undefined
+  readonly template: ReadonlyArray<Segment>
+  readonly monitor: string | undefined
+  readonly mode: Mode
+  readonly saveTopK: number
+  readonly saveLast: boolean | "link"
+  readonly saveWeightsOnly: boolean
+  readonly autoInsertMetricName: boolean
+  readonly everyNTrainSteps: number
+  readonly everyNEpochs: number
+  readonly trainTimeIntervalMs: number | undefined
+  readonly saveOnTrainEpochEnd: boolean | undefined
+  readonly saveOnException: boolean
+  readonly enableVersionCounter: boolean
+  readonly verbose: boolean
+}
+
+const normalizeDir = (dir: string): string => {
+  const normal = posix.normalize(dir)
+  return normal.length > 1 && normal.endsWith("/") ? normal.slice(0, -1) : normal
+}
+
+const joinPath = (dir: string, name: string): string => (dir.endsWith("/") ? `${dir}${name}` : `${dir}/${name}`)
+
+/** Are two checkpoint paths the same (relative paths against the working directory)? */
+const samePath = (a: string, b: string): boolean => posix.resolve(a) === posix.resolve(b)
+
+/**
+ * Lightning's `ModelCheckpoint`. Build it with `ModelCheckpoint.make(options)` (or
+ * the module's `make`), which checks the options; see the module notes for what it
+ * saves, keeps and never deletes.
+ */
+export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Callback {
+  /** Joins name parts (`epoch=1-step=12`, `-v1`, `exception-…`). */
+  static readonly joinChar = "-"
+  /** The base name of the last checkpoint. */
+  static readonly lastName = "last"
+  /** The prefix of checkpoints saved on exception. */
+  static readonly exceptionPrefix = "exception"
+  static readonly fileExtension = ".ckpt"
+  static readonly startingVersion = 1
+
+  readonly name = "ModelCheckpoint"
+  readonly #options: Resolved
+
+  #dirpath: string | undefined
+  #bestKModels = new Map<string, Score>()
+  #kthBestModelPath: string | undefined = undefined
+  #kthValue: Score
+  #bestModelPath: string | undefined = undefined
+  #bestModelScore: Score | undefined = undefined
+  #currentScore: Score | undefined = undefined
+  #lastModelPath: string | undefined = undefined
+  /** A last checkpoint found in `dirpath` at setup, offered for `ckptPath: "last"`. */
+  #discoveredLast: string | undefined = undefined
+  /** The newest checkpoint this callback wrote, and at which global step. */
+  #newest: { readonly path: string; readonly step: number } | undefined = undefined
+  #lastGlobalStepSaved = 0
+  #lastTimeChecked: number | undefined = undefined
+  #validatedThisFit = false
+  #validatedThisEpoch = false
+  #pendingValidationSave = false
+  #warnedMissingMonitor = false
+
+  private constructor(options: Resolved) {
+    super()
+    this.#options = options
+    this.#dirpath = options.dirpath
+    this.#kthValue = options.mode === "min" ? Infinity : -Infinity
+  }
+
+  /** Checks the options and builds the callback. */
+  static make(options: Options = {}): Effect.Effect<ModelCheckpoint, ModelCheckpointConfigError> {
+    return Effect.suspend(() => {
+      const fail = (option: string, reason: string) => Effect.fail(new ModelCheckpointConfigError({ option, reason }))
+      const mode = options.mode ?? "min"
+      if (mode !== "min" && mode !== "max") return fail("mode", `must be "min" or "max", got ${String(mode)}`)
+      const saveTopK = options.saveTopK ?? 1
+      if (!Number.isInteger(saveTopK) || saveTopK < -1) return fail("saveTopK", `must be an integer >= -1, got ${saveTopK}`)
+      const saveLast = options.saveLast ?? false
+      if (saveLast !== true && saveLast !== false && saveLast !== "link") {
+        return fail("saveLast", `must be true, false or "link", got ${String(saveLast)}`)
+      }
+      for (const option of ["everyNTrainSteps", "everyNEpochs"] as const) {
+        const value = options[option]
+        if (value !== undefined && (!Number.isInteger(value) || value < 0)) {
+          return fail(option, `must be a non-negative integer, got ${value}`)
+        }
+      }
+      let trainTimeIntervalMs: number | undefined
+      if (options.trainTimeInterval !== undefined) {
+        const duration = Duration.fromInput(options.trainTimeInterval)
+        const ms = Option.isSome(duration) ? Duration.toMillis(duration.value) : NaN
+        if (!(ms > 0) || !Number.isFinite(ms)) {
+          return fail("trainTimeInterval", `must be a positive, finite duration, got ${String(options.trainTimeInterval)}`)
+        }
+        trainTimeIntervalMs = ms
+      }
+      // Lightning's defaults: every epoch unless another trigger is given.
+      const noTrigger = options.everyNTrainSteps === undefined && options.everyNEpochs === undefined &&
+        trainTimeIntervalMs === undefined
+      const everyNEpochs = noTrigger ? 1 : options.everyNEpochs ?? 0
+      const everyNTrainSteps = noTrigger ? 0 : options.everyNTrainSteps ?? 0
+      const triggers = [everyNTrainSteps >= 1, everyNEpochs >= 1, trainTimeIntervalMs !== undefined].filter(Boolean).length
+      if (triggers > 1) {
+        return fail(
+          "everyNTrainSteps / everyNEpochs / trainTimeInterval",
+          `are mutually exclusive, got everyNTrainSteps=${everyNTrainSteps}, everyNEpochs=${everyNEpochs}, trainTimeInterval=${
+            trainTimeIntervalMs === undefined ? "unset" : `${trainTimeIntervalMs} ms`
+          }`
+        )
+      }
+      if (options.monitor === undefined && saveTopK !== -1 && saveTopK !== 0 && saveTopK !== 1) {
+        return fail("saveTopK", `${saveTopK} needs a monitor: without one there is no quantity to rank by (use -1, 0 or 1)`)
+      }
+      if (options.monitor !== undefined && options.monitor.length === 0) return fail("monitor", "must not be empty")
+      if (options.dirpath !== undefined && options.dirpath.length === 0) return fail("dirpath", "must not be empty")
+      const template = options.filename === undefined || options.filename.length === 0
+        ? "{epoch}" + ModelCheckpoint.joinChar + "{step}"
+        : options.filename
+      const segments = parseTemplate(template)
+      if (typeof segments === "string") return fail("filename", `${JSON.stringify(template)}: ${segments}`)
+      return Effect.succeed(
+        new ModelCheckpoint({
+          dirpath: options.dirpath === undefined ? undefined : normalizeDir(options.dirpath),
+          template: segments,
+          monitor: options.monitor,
+          mode,
+          saveTopK,
+          saveLast,
+          saveWeightsOnly: options.saveWeightsOnly ?? false,
+          autoInsertMetricName: options.autoInsertMetricName ?? true,
+          everyNTrainSteps,
+          everyNEpochs,
+          trainTimeIntervalMs,
+          saveOnTrainEpochEnd: options.saveOnTrainEpochEnd,
+          saveOnException: options.saveOnException ?? false,
+          enableVersionCounter: options.enableVersionCounter ?? true,
+          verbose: options.verbose ?? false
+        })
+      )
+    })
+  }
+
+  // -------------------------------------------------------------------------
+  // What users read
+
+  get monitor(): string | undefined {
+    return this.#options.monitor
+  }
+  get mode(): Mode {
+    return this.#options.mode
+  }
+  get saveTopK(): number {
+    return this.#options.saveTopK
+  }
+  get saveLast(): boolean | "link" {
+    return this.#options.saveLast
+  }
+  get everyNTrainSteps(): number {
+    return this.#options.everyNTrainSteps
+  }
+  get everyNEpochs(): number {
+    return this.#options.everyNEpochs
+  }
+  /** Where checkpoints go: the option, or decided at the first `setup`. */
+  get dirpath(): string | undefined {
+    return this.#dirpath
+  }
+  /** The best checkpoint kept (without monitor: the newest). */
+  override get bestModelPath(): string | undefined {
+    return this.#bestModelPath
+  }
+  /** The monitored value of `bestModelPath` (NaN is stored as the worst value, ±Infinity). */
+  get bestModelScore(): number | undefined {
+    return this.#bestModelScore
+  }
+  /** The checkpoints kept by the top-k rule, path → score, in the order they were added. */
+  get bestKModels(): ReadonlyMap<string, number> {
+    return new Map(this.#bestKModels)
+  }
+  /** The worst of the kept top-k checkpoints (the next to go), once k are kept. */
+  get kthBestModelPath(): string | undefined {
+    return this.#kthBestModelPath
+  }
+  get kthValue(): number {
+    return this.#kthValue
+  }
+  /** The monitored value of the latest top-k save. */
+  get currentScore(): number | undefined {
+    return this.#currentScore
+  }
+  /**
+   * The last checkpoint: the one this callback wrote, or else the newest
+   * `last.ckpt` / `last-vN.ckpt` found in `dirpath` at `setup` (for `ckptPath: "last"`).
+   */
+  override get lastModelPath(): string | undefined {
+    return this.#lastModelPath ?? this.#discoveredLast
+  }
+
+  /** Lightning's state key: the options that tell two checkpoint callbacks apart. */
+  get stateKey(): string {
+    const o = this.#options
+    return `ModelCheckpoint{'monitor': ${pyRepr(o.monitor)}, 'mode': ${pyRepr(o.mode)}, 'everyNTrainSteps': ${o.everyNTrainSteps}, ` +
+      `'everyNEpochs': ${o.everyNEpochs}, 'trainTimeInterval': ${pyRepr(o.trainTimeIntervalMs)}}`
+  }
+
+  /**
+   * The full path of a checkpoint named from `metrics` (Lightning's
+   * `format_checkpoint_name`): the template (or `filename`, itself a template),
+   * `-v<ver>` when given, a `prefix-` when given, the extension, under `dirpath`.
+   */
+  formatCheckpointName(
+    metrics: ReadonlyMap<string, number>,
+    options?: { readonly filename?: string | undefined; readonly ver?: number | undefined; readonly prefix?: string | undefined }
+  ): string {
+    let segments = this.#options.template
+    if (options?.filename !== undefined) {
+      const parsed = parseTemplate(options.filename)
+      segments = typeof parsed === "string" ? [{ _tag: "Literal", text: options.filename }] : parsed
+    }
+    let name = renderTemplate(segments, metrics, this.#options.autoInsertMetricName)
+    if (options?.prefix !== undefined) name = sanitizeFileName(options.prefix) + ModelCheckpoint.joinChar + name
+    if (options?.ver !== undefined) name = name + ModelCheckpoint.joinChar + `v${options.ver}`
+    const file = name + ModelCheckpoint.fileExtension
+    return this.#dirpath === undefined ? file : joinPath(this.#dirpath, file)
+  }
+
+  // -------------------------------------------------------------------------
+  // State
+
+  readonly stateDict = (): Json => ({
+    monitor: this.#options.monitor ?? null,
+    mode: this.#options.mode,
+    bestModelScore: this.#bestModelScore === undefined ? null : encodeScore(this.#bestModelScore),
+    bestModelPath: this.#bestModelPath ?? null,
+    currentScore: this.#currentScore === undefined ? null : encodeScore(this.#currentScore),
+    dirpath: this.#dirpath ?? null,
+    bestKModels: Object.fromEntries([...this.#bestKModels].map(([path, score]) => [path, encodeScore(score)])),
+    kthBestModelPath: this.#kthBestModelPath ?? null,
+    kthValue: encodeScore(this.#kthValue),
+    lastModelPath: this.#lastModelPath ?? null
+  })
+
+  readonly loadStateDict = (state: Json): Effect.Effect<void, Callback.HookError> =>
+    Effect.suspend(() => {
+      if (typeof state !== "object" || state === null || Array.isArray(state)) {
+        return Effect.fail(new Callback.CallbackError({ callback: this.name, reason: "the saved state is not an object" }))
+      }
+      const saved = state as { readonly [key: string]: Json }
+      const text = (key: string): string | undefined => (typeof saved[key] === "string" ? saved[key] as string : undefined)
+      const from = text("dirpath")
+      const sameDir = from === undefined || this.#dirpath === undefined || samePath(from, this.#dirpath)
+      const effects: Array<Effect.Effect<void>> = []
+      if (sameDir) {
+        this.#bestModelScore = decodeScore(saved["bestModelScore"])
+        this.#currentScore = decodeScore(saved["currentScore"])
+        this.#kthBestModelPath = text("kthBestModelPath")
+        this.#kthValue = decodeScore(saved["kthValue"]) ?? this.#kthValue
+        const models = saved["bestKModels"]
+        this.#bestKModels = new Map()
+        if (typeof models === "object" && models !== null && !Array.isArray(models)) {
+          for (const [path, score] of Object.entries(models as { readonly [key: string]: Json })) {
+            const value = decodeScore(score)
+            if (value !== undefined) this.#bestKModels.set(path, value)
+          }
+        }
+        this.#lastModelPath = text("lastModelPath")
+      } else {
+        effects.push(Effect.logWarning(
+          `ModelCheckpoint: the dirpath has changed from ${from} to ${this.#dirpath}, so bestModelScore, kthBestModelPath, ` +
+            `kthValue, lastModelPath and bestKModels are not restored; only bestModelPath is`
+        ))
+      }
+      this.#bestModelPath = text("bestModelPath")
+      return Effect.all(effects, { discard: true })
+    })
+
+  // -------------------------------------------------------------------------
+  // Hooks (arrow functions: the Trainer calls them unbound)
+
+  readonly setup: Callback.Hook<[stage: Callback.Stage]> = (trainer, stage) =>
+    Effect.gen({ self: this }, function*() {
+      this.#dirpath = this.#options.dirpath ?? normalizeDir(joinPath(trainer.defaultRootDir, "checkpoints"))
+      if (stage !== "fit") return
+      this.#validatedThisFit = false
+      this.#validatedThisEpoch = false
+      this.#pendingValidationSave = false
+      this.#lastGlobalStepSaved = 0
+      // The Trainer resolves `ckptPath: "last"` after setup: offer the newest last
+      // checkpoint in dirpath, so that a fresh callback can resume a previous run.
+      const entries = yield* trainer.checkpointIO.list(this.#dirpath)
+      let newest: { name: string; modifiedAt: number; version: number } | undefined
+      for (const entry of entries) {
+        const name = baseName(entry.path)
+        const match = lastPattern.exec(name)
+        if (match === null) continue
+        const version = match[1] === undefined ? 0 : Number(match[1])
+        if (newest === undefined || entry.modifiedAt > newest.modifiedAt || (entry.modifiedAt === newest.modifiedAt && version > newest.version)) {
+          newest = { name, modifiedAt: entry.modifiedAt, version }
+        }
+      }
+      this.#discoveredLast = newest === undefined ? undefined : joinPath(this.#dirpath, newest.name)
+      if (this.#options.saveTopK !== 0 && entries.length > 0) {
+        yield* Effect.logWarning(`ModelCheckpoint: checkpoint directory ${this.#dirpath} exists and is not empty`)
+      }
+    })
+
+  readonly onTrainStart: Callback.Hook = () =>
+    Effect.map(Clock.currentTimeMillis, (now) => {
+      this.#lastTimeChecked = now
+    })
+
+  readonly onTrainEpochStart: Callback.Hook = () =>
+    Effect.sync(() => {
+      this.#validatedThisEpoch = false
+    })
+
+  readonly onTrainBatchStart: Callback.Hook<[batchIdx: number]> = (trainer) =>
+    Effect.suspend(() => {
+      // A validation inside the epoch (default mode): save now, in the state it left.
+      if (!this.#pendingValidationSave) return Effect.void
+      this.#pendingValidationSave = false
+      return this.#shouldSkip(trainer) ? Effect.void : this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none")
+    })
+
+  readonly onTrainBatchEnd: Callback.Hook<[output: Callback.TrainStepOutput, batchIdx: number]> = (trainer) =>
+    Effect.gen({ self: this }, function*() {
+      if (this.#shouldSkip(trainer)) return
+      const n = this.#options.everyNTrainSteps
+      const skipBatch = n < 1 || trainer.globalStep % n !== 0
+      let skipTime = true
+      const interval = this.#options.trainTimeIntervalMs
+      const now = yield* Clock.currentTimeMillis
+      if (interval !== undefined) {
+        skipTime = this.#lastTimeChecked === undefined || now - this.#lastTimeChecked < interval
+      }
+      if (skipBatch && skipTime) return
+      if (!skipTime) this.#lastTimeChecked = now
+      yield* this.#saveEvent(trainer, "topK")
+    })
+
+  readonly onTrainEpochEnd: Callback.Hook = (trainer) =>
+    Effect.suspend(() => {
+      this.#pendingValidationSave = false
+      if (this.#shouldSkip(trainer)) return Effect.void
+      const when = this.#options.saveOnTrainEpochEnd
+      const save = when === true || (when === undefined && (this.#validatedThisEpoch || !this.#validatedThisFit))
+      return save ? this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none") : Effect.void
+    })
+
+  readonly onValidationEnd: Callback.Hook = (trainer) =>
+    Effect.suspend(() => {
+      if (trainer.stage !== "fit" || trainer.sanityChecking) return Effect.void
+      this.#validatedThisFit = true
+      this.#validatedThisEpoch = true
+      const when = this.#options.saveOnTrainEpochEnd
+      if (when === undefined) this.#pendingValidationSave = true
+      if (when !== false || this.#shouldSkip(trainer)) return Effect.void
+      return this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none")
+    })
+
+  readonly onLoadCheckpoint: Callback.Hook<[meta: CheckpointMeta]> = (_trainer, meta) =>
+    Effect.sync(() => {
+      // The state resumed from is already saved: nothing to save again at this step.
+      this.#lastGlobalStepSaved = meta.globalStep
+    })
+
+  /**
+   * Saves `exception-<name>.ckpt` (and the last checkpoint) when asked to. Never
+   * fails: a failure to save is logged, and the run's own error is what the Trainer
+   * returns.
+   */
+  readonly onException: Callback.Hook<[cause: unknown]> = (trainer, cause) => {
+    if (!this.#options.saveOnException) return Effect.void
+    return Effect.suspend(() => {
+      if (trainer.stage !== "fit" || trainer.sanityChecking || trainer.globalStep === this.#lastGlobalStepSaved) {
+        return Effect.void
+      }
+      const candidates = this.#monitorCandidates(trainer)
+      const what = Cause.isCause(cause) && Cause.hasInterruptsOnly(cause) ? "was interrupted" : "failed"
+      return this.#saveEvent(trainer, "none", (t) =>
+        Effect.gen({ self: this }, function*() {
+          const path = yield* this.#freePath(t, candidates, { prefix: ModelCheckpoint.exceptionPrefix }, undefined)
+          yield* this.#save(t, path)
+          yield* Effect.logInfo(`ModelCheckpoint: the fit ${what} at epoch ${t.currentEpoch}, step ${t.globalStep}; saved ${path}`)
+        }))
+    }).pipe(
+      Effect.catchCause((failure) => Effect.logError(`ModelCheckpoint: could not save a checkpoint on exception: ${Cause.pretty(failure)}`))
+    )
+  }
+
+  // -------------------------------------------------------------------------
+  // Saving and retention
+
+  #shouldSkip(trainer: Callback.TrainerState): boolean {
+    return trainer.stage !== "fit" || trainer.sanityChecking || trainer.globalStep === this.#lastGlobalStepSaved
+  }
+
+  #epochDue(trainer: Callback.TrainerState): boolean {
+    const n = this.#options.everyNEpochs
+    return n >= 1 && (trainer.currentEpoch + 1) % n === 0
+  }
+
+  #dir(trainer: Callback.TrainerState): string {
+    if (this.#dirpath === undefined) {
+      this.#dirpath = this.#options.dirpath ?? normalizeDir(joinPath(trainer.defaultRootDir, "checkpoints"))
+    }
+    return this.#dirpath
+  }
+
+  /** The callback metrics, with `epoch` and `step` as integers (Lightning's `_monitor_candidates`). */
+  #monitorCandidates(trainer: Callback.TrainerState): Map<string, number> {
+    const candidates = new Map(trainer.callbackMetrics)
+    const epoch = candidates.get("epoch")
+    candidates.set("epoch", epoch === undefined ? trainer.currentEpoch : Math.trunc(epoch))
+    const step = candidates.get("step")
+    candidates.set("step", step === undefined ? trainer.globalStep : Math.trunc(step))
+    return candidates
+  }
+
+  /**
+   * The name to save to: the template's, or with the version counter the first of
+   * `-v1`, `-v2`, … that is free in storage. `replacing` (the file this save rotates
+   * out, or the current last checkpoint) may be overwritten.
+   */
+  #freePath(
+    trainer: Callback.TrainerState,
+    candidates: ReadonlyMap<string, number>,
+    options: { readonly filename?: string | undefined; readonly prefix?: string | undefined },
+    replacing: string | undefined
+  ): Effect.Effect<string, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      this.#dir(trainer)
+      let path = this.formatCheckpointName(candidates, options)
+      if (!this.#options.enableVersionCounter) return path
+      let version = ModelCheckpoint.startingVersion
+      while (path !== replacing && (yield* trainer.checkpointIO.exists(path))) {
+        path = this.formatCheckpointName(candidates, { ...options, ver: version })
+        version++
+      }
+      return path
+    })
+  }
+
+  #save(trainer: Callback.TrainerState, path: string): Effect.Effect<void, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      yield* trainer.saveCheckpoint(path, { weightsOnly: this.#options.saveWeightsOnly })
+      this.#lastGlobalStepSaved = trainer.globalStep
+      this.#newest = { path, step: trainer.globalStep }
+    })
+  }
+
+  /**
+   * One save point: the top-k checkpoint (or `main`), then the last checkpoint. The
+   * last path is decided first, so that every file written here records it in its
+   * state (resuming from any of them keeps writing the same `last.ckpt`).
+   */
+  #saveEvent(
+    trainer: Callback.TrainerState,
+    kind: "topK" | "none",
+    main?: (trainer: Callback.TrainerState) => Effect.Effect<void, Callback.HookError>
+  ): Effect.Effect<void, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      this.#dir(trainer)
+      const candidates = this.#monitorCandidates(trainer)
+      const previousLast = this.#lastModelPath
+      let lastPath: string | undefined
+      if (this.#options.saveLast !== false) {
+        lastPath = yield* this.#freePath(trainer, candidates, { filename: ModelCheckpoint.lastName }, previousLast)
+        this.#lastModelPath = lastPath
+      }
+      if (main !== undefined) yield* main(trainer)
+      else if (kind === "topK") yield* this.#saveTopK(trainer, candidates)
+      if (lastPath !== undefined) yield* this.#writeLast(trainer, lastPath, previousLast)
+    })
+  }
+
+  #saveTopK(trainer: Callback.TrainerState, candidates: ReadonlyMap<string, number>): Effect.Effect<void, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      const { monitor, saveTopK } = this.#options
+      if (saveTopK === 0) return
+      if (monitor === undefined) return yield* this.#saveNoMonitor(trainer, candidates)
+      const current = candidates.get(monitor)
+      if (current === undefined) {
+        const message = `ModelCheckpoint(monitor: ${JSON.stringify(monitor)}) could not find the monitored key in the metrics: ` +
+          `[${[...candidates.keys()].join(", ")}]. Did you log ${JSON.stringify(monitor)} in the module?`
+        // After a validation ran, a missing key is a typo, not "not logged yet".
+        if (this.#validatedThisFit) return yield* new Callback.CallbackError({ callback: this.name, reason: message })
+        if (!this.#warnedMissingMonitor) yield* Effect.logWarning(message)
+        this.#warnedMissingMonitor = true
+        return
+      }
+      if (!this.#checkMonitorTopK(current)) {
+        if (this.#options.verbose) {
+          yield* Effect.logInfo(
+            `Epoch ${candidates.get("epoch")}, global step ${candidates.get("step")}: '${monitor}' was not in top ${saveTopK}`
+          )
+        }
+        return
+      }
+      yield* this.#updateBestAndSave(trainer, current, candidates)
+    })
+  }
+
+  #isBetter(a: number, b: number): boolean {
+    return this.#options.mode === "min" ? a < b : a > b
+  }
+
+  #checkMonitorTopK(current: number): boolean {
+    const k = this.#options.saveTopK
+    if (k === -1 || this.#bestKModels.size < k) return true
+    const kth = this.#kthBestModelPath === undefined ? undefined : this.#bestKModels.get(this.#kthBestModelPath)
+    // NaN never enters a full top-k (a comparison with NaN is false).
+    return kth === undefined || this.#isBetter(current, kth)
+  }
+
+  #updateBestAndSave(
+    trainer: Callback.TrainerState,
+    value: number,
+    candidates: ReadonlyMap<string, number>
+  ): Effect.Effect<void, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      const models = this.#bestKModels
+      const k = this.#options.saveTopK === -1 ? models.size + 1 : this.#options.saveTopK
+      let rotated: string | undefined
+      if (models.size === k && k > 0 && this.#kthBestModelPath !== undefined) {
+        rotated = this.#kthBestModelPath
+        models.delete(rotated)
+      }
+      // NaN is kept as the worst value.
+      const current = Number.isNaN(value) ? (this.#options.mode === "min" ? Infinity : -Infinity) : value
+      const path = yield* this.#freePath(trainer, candidates, {}, rotated)
+      this.#currentScore = current
+      // An existing key keeps its place (Python's dict assignment).
+      models.set(path, current)
+      if (models.size === k) {
+        // The worst kept (the first of equals, like Python's max/min over a dict).
+        let worst: string | undefined
+        for (const [p, s] of models) if (worst === undefined || this.#isBetter(models.get(worst)!, s)) worst = p
+        this.#kthBestModelPath = worst
+        this.#kthValue = models.get(worst!)!
+      }
+      let best: string | undefined
+      for (const [p, s] of models) if (best === undefined || this.#isBetter(s, models.get(best)!)) best = p
+      this.#bestModelPath = best
+      this.#bestModelScore = best === undefined ? undefined : models.get(best)
+      if (this.#options.verbose) {
+        yield* Effect.logInfo(
+          `Epoch ${candidates.get("epoch")}, global step ${candidates.get("step")}: '${this.#options.monitor}' reached ` +
+            `${current.toFixed(5)} (best ${this.#bestModelScore?.toFixed(5)}), saving model to '${path}' as top ${k}`
+        )
+      }
+      yield* this.#save(trainer, path)
+      if (rotated !== undefined) yield* this.#removeRotated(trainer, rotated, path)
+    })
+  }
+
+  #saveNoMonitor(trainer: Callback.TrainerState, candidates: ReadonlyMap<string, number>): Effect.Effect<void, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      const previous = this.#bestModelPath
+      const path = yield* this.#freePath(trainer, candidates, {}, previous)
+      this.#bestModelPath = path
+      if (this.#options.verbose) {
+        yield* Effect.logInfo(`Epoch ${candidates.get("epoch")}, global step ${candidates.get("step")}: saving model to '${path}'`)
+      }
+      yield* this.#save(trainer, path)
+      if (this.#options.saveTopK === 1 && previous !== undefined) yield* this.#removeRotated(trainer, previous, path)
+    })
+  }
+
+  #writeLast(trainer: Callback.TrainerState, path: string, previous: string | undefined): Effect.Effect<void, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      const source = this.#newest
+      // Link only to a checkpoint of this very step: never a stale target.
+      if (
+        this.#options.saveLast === "link" && this.#options.saveTopK !== 0 && source !== undefined &&
+        source.step === trainer.globalStep && source.path !== path
+      ) {
+        yield* trainer.checkpointIO.copy(source.path, path)
+        this.#newest = { path, step: trainer.globalStep }
+        if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: linked ${path} to ${source.path}`)
+      } else {
+        yield* this.#save(trainer, path)
+        if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: saved ${path}`)
+      }
+      if (previous !== undefined) yield* this.#removeRotated(trainer, previous, path)
+    })
+  }
+
+  /** May `previous` be removed now that `current` replaces it? */
+  #mayRemove(trainer: Callback.TrainerState, previous: string, current: string): boolean {
+    if (samePath(previous, current)) return false
+    // The checkpoint this run resumed from may still be open (remote storage, a reader).
+    if (trainer.resumedFrom !== undefined && samePath(previous, trainer.resumedFrom)) return false
+    // Only files directly inside dirpath: never another run's directory.
+    if (this.#dirpath === undefined || posix.dirname(posix.resolve(previous)) !== posix.resolve(this.#dirpath)) return false
+    // Never the newest checkpoint, nor one still tracked.
+    if (this.#newest !== undefined && samePath(previous, this.#newest.path)) return false
+    for (const tracked of [this.#bestModelPath, this.#lastModelPath, ...this.#bestKModels.keys()]) {
+      if (tracked !== undefined && samePath(previous, tracked)) return false
+    }
+    return true
+  }
+
+  /**
+   * Removes a rotated-out checkpoint once its replacement is committed. `exists`
+   * on the replacement waits for its pending save on an asynchronous store; a
+   * replacement that is not there keeps the old file.
+   */
+  #removeRotated(trainer: Callback.TrainerState, previous: string, current: string): Effect.Effect<void, Callback.HookError> {
+    return Effect.gen({ self: this }, function*() {
+      if (!this.#mayRemove(trainer, previous, current)) return
+      const committed = yield* trainer.checkpointIO.exists(current)
+      if (!committed) {
+        yield* Effect.logWarning(`ModelCheckpoint: kept ${previous}: its replacement ${current} is not in storage`)
+        return
+      }
+      yield* trainer.checkpointIO.remove(previous)
+      if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: removed ${previous}`)
+    })
+  }
+}
+
+/** Checks the options and builds a `ModelCheckpoint` (same as `ModelCheckpoint.make`). */
+export const make = (options: Options = {}): Effect.Effect<ModelCheckpoint, ModelCheckpointConfigError> =>
+  ModelCheckpoint.make(options)
