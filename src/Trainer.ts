@@ -577,7 +577,13 @@ export const make = <E = never, R = never>(
                 })
             )
           }
-          if (validateThisEpoch && !validatedAtEnd && !Number.isFinite(perEpoch)) yield* runValidation(module, model, data)
+          // The end-of-epoch validation when the batches did not say where the end was:
+          // an epoch of unknown length, or a resume from a checkpoint taken after the
+          // epoch's last batch (the validation came after that save).
+          const resumedAtEnd = startBatch > 0 && startBatch >= perEpoch
+          if (validateThisEpoch && !validatedAtEnd && (!Number.isFinite(perEpoch) || resumedAtEnd)) {
+            yield* runValidation(module, model, data)
+          }
           const means = metrics.means()
           for (const [k, v] of means) loop.callbackMetrics.set(k, v)
           // Loggers see exactly the epoch-level training metrics here (maybe none).

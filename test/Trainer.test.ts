@@ -420,6 +420,59 @@ describe("Trainer", () => {
       assert.strictEqual(missing._tag, "CheckpointNotFound")
     }).pipe(Effect.provide(stack())))
 
+  describe("exact resume: stopped at any step, resumed, bit-identical weights and optimizer state", () => {
+    for (const backend of ["wasm", "cpu"] as const) {
+      it.effect(`on ${backend}, stopping at steps 1, 6 (an epoch end), 8 and 17`, () =>
+        Effect.gen(function*() {
+          const withDropout = (name: string): TrainingModule<DataModule.XY> => ({
+            ...irisClassifier(name),
+            configureModel: (tfjs) =>
+              tfjs.sequential({
+                layers: [
+                  tfjs.layers.dense({ units: 16, activation: "relu", inputShape: [4], name: "hidden" }),
+                  tfjs.layers.dropout({ rate: 0.3, name: "drop" }),
+                  tfjs.layers.dense({ units: 3, name: "out" })
+                ]
+              })
+          })
+          const options = { ...quiet, maxEpochs: 3, seed: 3, numSanityValSteps: 1 }
+          /** Weights and optimizer state, through a checkpoint of the final state. */
+          const stateOf = (t: Trainer.TrainerShape) =>
+            Effect.gen(function*() {
+              yield* t.saveCheckpoint("/final.ckpt")
+              const saved = yield* t.checkpointIO.load("/final.ckpt")
+              // Slots are keyed by position; their names carry tfjs's per-process variable suffixes.
+              return Object.fromEntries(
+                Object.entries(saved.tensors).map(([k, v]) => [k.replace(/^(optimizer\/\d{4})\/.*$/, "$1"), [...v.data].map(Number)])
+              ) as Record<string, Array<number>>
+            })
+          const straightModule = withDropout("straight")
+          const straight = yield* Trainer.make({ ...options, plugins: { checkpointIO: MemoryCheckpointIO.layer } })
+          yield* straight.fit(straightModule, irisData())
+          const expected = yield* stateOf(straight)
+          for (const stopAt of [1, 6, 8, 17]) {
+            const io = Layer.succeedContext(yield* Layer.build(MemoryCheckpointIO.layer))
+            const stop: Callback.Callback = {
+              name: "stop",
+              onTrainBatchEnd: (t) =>
+                t.globalStep === stopAt ? Effect.andThen(t.saveCheckpoint("/stop.ckpt"), Effect.sync(t.stop)) : Effect.void
+            }
+            const a = yield* Trainer.make({ ...options, callbacks: [stop], plugins: { checkpointIO: io } })
+            yield* a.fit(withDropout(`a${stopAt}`), irisData())
+            const resumedModule = withDropout(`b${stopAt}`)
+            const b = yield* Trainer.make({ ...options, seed: 1234, plugins: { checkpointIO: io } })
+            yield* b.fit(resumedModule, irisData(), { ckptPath: "/stop.ckpt" })
+            assert.strictEqual(b.state.globalStep, 18)
+            const actual = yield* stateOf(b)
+            assert.deepStrictEqual(Object.keys(actual).sort(), Object.keys(expected).sort())
+            for (const name of Object.keys(expected)) {
+              assert.deepStrictEqual(actual[name], expected[name], `${backend}, stopped at ${stopAt}: ${name}`)
+            }
+          }
+        }).pipe(Effect.provide(stack({}, Strategy.singleDevice(), backend))))
+    }
+  })
+
   it.effect("interrupting fit runs onException and releases the device", () =>
     Effect.gen(function*() {
       const tfjs = yield* Effect.promise(() => import("@tensorflow/tfjs"))
