@@ -18,6 +18,7 @@ import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
 import type { StepContext, TrainingModule } from "../src/TrainingModule.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
+import { countingIO } from "./support/countingIO.ts"
 
 // ---------------------------------------------------------------------------
 // Stacks (as in Trainer.test.ts)
@@ -30,23 +31,6 @@ const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false 
 const devices = (strategy: Layer.Layer<Strategy.Strategy, unknown, Device.Device> = Strategy.singleDevice()) =>
   strategy.pipe(Layer.provideMerge(Device.layer("wasm")), Layer.provideMerge(node))
 
-/** A memory store that counts its calls. */
-const countingIO = () => {
-  const counts = { save: 0, load: 0, remove: 0, copy: 0, exists: 0, list: 0 }
-  const layer = Layer.effect(
-    CheckpointIO,
-    Effect.map(MemoryCheckpointIO.make, (io): CheckpointIOShape => ({
-      ...io,
-      save: (c, p, o) => Effect.suspend(() => (counts.save++, io.save(c, p, o))),
-      load: (p, o) => Effect.suspend(() => (counts.load++, io.load(p, o))),
-      remove: (p) => Effect.suspend(() => (counts.remove++, io.remove(p))),
-      copy: (s, t) => Effect.suspend(() => (counts.copy++, io.copy(s, t))),
-      exists: (p) => Effect.suspend(() => (counts.exists++, io.exists(p))),
-      list: (d) => Effect.suspend(() => (counts.list++, io.list(d)))
-    }))
-  ).pipe(Layer.provide(MemoryCheckpointIO.MemoryStore.layer))
-  return { counts, layer }
-}
 
 /** Builds a store layer once, so that several Trainers share it. */
 const shared = <E>(layer: Layer.Layer<CheckpointIO, E>) =>

@@ -3,7 +3,7 @@ import { assert, describe, it } from "@effect/vitest"
 import type * as tf from "@tensorflow/tfjs"
 import { Deferred, Effect, Exit, Fiber, FileSystem, Layer, Option } from "effect"
 import * as Callback from "../src/Callback.ts"
-import { CheckpointIO, type CheckpointIOShape } from "../src/CheckpointIO.ts"
+import { CheckpointIO } from "../src/CheckpointIO.ts"
 import * as Device from "../src/Device.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
 import * as Strategy from "../src/Strategy.ts"
@@ -11,6 +11,7 @@ import * as Trainer from "../src/Trainer.ts"
 import type * as DataModule from "../src/DataModule.ts"
 import type { StepContext, TrainingModule } from "../src/TrainingModule.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
+import { countingIO } from "./support/countingIO.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
@@ -27,20 +28,6 @@ const stack = (
     Layer.provideMerge(node)
   )
 
-/** A memory store that counts its calls, for checking which CheckpointIO is used. */
-const countingIO = () => {
-  const counts = { save: 0, load: 0, remove: 0 }
-  const layer = Layer.effect(
-    CheckpointIO,
-    Effect.map(MemoryCheckpointIO.make, (io): CheckpointIOShape => ({
-      ...io,
-      save: (c, p, o) => Effect.suspend(() => (counts.save++, io.save(c, p, o))),
-      load: (p, o) => Effect.suspend(() => (counts.load++, io.load(p, o))),
-      remove: (p) => Effect.suspend(() => (counts.remove++, io.remove(p)))
-    }))
-  ).pipe(Layer.provide(MemoryCheckpointIO.MemoryStore.layer))
-  return { counts, layer }
-}
 
 /** Records every hook call as a line. */
 const recorder = (log: Array<string>): Callback.Callback => {
