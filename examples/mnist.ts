@@ -102,8 +102,9 @@ const command = Command.make("effect-trainer-mnist", {
     Flag.withDescription("resume: last, best, or a checkpoint file")
   ),
   backend: Flag.Literals("backend", ["auto", "wasm", "cpu", "tensorflow"]).pipe(
-    Flag.withDefault("auto" as const),
-    Flag.withDescription("tfjs backend (tensorflow needs @tensorflow/tfjs-node or -gpu)")
+    // Unset: EFFECT_TRAINER_BACKEND, else auto.
+    Flag.withFallbackConfig(Device.backendConfig),
+    Flag.withDescription("tfjs backend (default: $EFFECT_TRAINER_BACKEND or auto; tensorflow needs @tensorflow/tfjs-node or -gpu)")
   ),
   syncIo: Flag.Boolean("sync-io").pipe(Flag.withDefault(false), Flag.withDescription("save checkpoints synchronously"))
 }, (config) => {

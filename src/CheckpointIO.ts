@@ -56,8 +56,10 @@ export class CheckpointStorageError extends Data.TaggedError("CheckpointStorageE
   readonly cause: unknown
 }> {
   override get message(): string {
+    const systemError = PlatformError.isPlatformError(this.cause) ? this.cause.reason : undefined
+    const code = errnoCode(systemError?.cause ?? this.cause)
     const detail = this.cause instanceof Error ? `: ${this.cause.message}` : ""
-    return `${this.operation} ${this.path} failed (${this.reason})${detail}`
+    return `${this.operation} ${this.path} failed (${this.reason}${code === undefined ? "" : `, ${code}`})${detail}`
   }
 }
 

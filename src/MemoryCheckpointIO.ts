@@ -128,8 +128,16 @@ export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect
   return CheckpointIOMake({ save, load, remove, exists, list, copy })
 })
 
+/**
+ * The memory store over the `MemoryStore` in context. Use it where a layer is built
+ * for you (a Trainer's `plugins.checkpointIO`, a Strategy's `checkpointIO`) and the
+ * test still wants the bytes: provide `MemoryStore.layer` to the program, and the
+ * test reads the same `MemoryStore`.
+ */
+export const layerFromStore: Layer.Layer<CheckpointIO, never, MemoryStore> = Layer.effect(CheckpointIO, make)
+
 /** The memory store with the `MemoryStore` exposed, for tests that inspect bytes. */
-export const layerWithStore: Layer.Layer<CheckpointIO | MemoryStore> = Layer.effect(CheckpointIO, make).pipe(
+export const layerWithStore: Layer.Layer<CheckpointIO | MemoryStore> = layerFromStore.pipe(
   Layer.provideMerge(MemoryStore.layer)
 )
 
