@@ -96,14 +96,18 @@ interface PlannedTensor {
 export interface WritePlan {
   readonly tensors: ReadonlyArray<PlannedTensor>
   readonly header: (crcs: ReadonlyArray<number>) => Uint8Array
+  /** The header with every checksum zero: written first, patched at the end. */
+  readonly placeholder: Uint8Array
   /** Total file size in bytes. */
   readonly size: number
 }
 
+const isDType = Schema.is(DTypeSchema)
+
 const invalid = (path: string, reason: string) => new CheckpointInvalidArgument({ operation: "save", path, reason })
 
 const validateTensor = (path: string, name: string, t: HostTensor): Effect.Effect<void, CheckpointInvalidArgument> => {
-  if (!(Schema.is(DTypeSchema)(t.dtype))) {
+  if (!isDType(t.dtype)) {
     return Effect.fail(invalid(path, `tensor "${name}" has unknown dtype ${String(t.dtype)}`))
   }
   if (!(t.data instanceof arrayConstructor[t.dtype])) {
@@ -230,9 +234,11 @@ export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WriteP
       })
       return JSON.stringify(header)
     }
-    const headerSize = encodeHeader(build([]), true).length
+    const placeholder = encodeHeader(build([]), true)
+    const headerSize = placeholder.length
     return {
       tensors,
+      placeholder,
       header: (crcs) => {
         const bytes = encodeHeader(build(crcs), true)
         // CRCs are fixed-width hex, so the header size never depends on them.
@@ -254,7 +260,7 @@ export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<v
     const crcs = new Array<number>(planned.tensors.length).fill(0)
     let smallBytes = 0
     for (const t of planned.tensors) if (t.bytes.byteLength < smallTensorBytes) smallBytes += t.bytes.byteLength
-    yield* sink.write(planned.header(crcs))
+    yield* sink.write(planned.placeholder)
     let scratch: Uint8Array | undefined
     let filled = 0
     const flush = Effect.suspend(() => {
@@ -312,6 +318,12 @@ const Metadata = Schema.Record(Schema.String, Schema.String)
 const CrcMap = Schema.fromJsonString(Schema.Record(Schema.String, Schema.String))
 
 const MetaJson = Schema.fromJsonString(CheckpointMeta)
+
+// Decoders built once: building one per tensor dominated loading 10,000 tensors.
+const decodeEntry = Schema.decodeUnknownResult(TensorEntry)
+const decodeMetadata = Schema.decodeUnknownResult(Metadata)
+const decodeMeta = Schema.decodeUnknownResult(MetaJson)
+const decodeCrcs = Schema.decodeUnknownResult(CrcMap)
 
 /** One tensor as described by a validated header. */
 export interface TensorLayout {
@@ -394,12 +406,12 @@ export const readLayout = <E>(source: ByteSource<E>, path: string): Effect.Effec
     const described: Array<{ name: string; entry: typeof TensorEntry.Type }> = []
     for (const [name, value] of Object.entries(json)) {
       if (name === metadataKey) {
-        const decoded = Schema.decodeUnknownResult(Metadata)(value)
+        const decoded = decodeMetadata(value)
         if (Result.isFailure(decoded)) return yield* corrupt(`__metadata__ must map strings to strings`)
         metadata = decoded.success
         continue
       }
-      const decoded = Schema.decodeUnknownResult(TensorEntry)(value)
+      const decoded = decodeEntry(value)
       if (Result.isFailure(decoded)) {
         return yield* corrupt(`tensor "${name}" has an invalid header entry: ${firstIssue(decoded.failure)}`)
       }
@@ -459,18 +471,19 @@ export const readLayout = <E>(source: ByteSource<E>, path: string): Effect.Effec
       }
       const rawMeta = metadata[metaKey]
       if (rawMeta === undefined) return yield* corrupt(`${metaKey} is missing`)
-      const decodedMeta = Schema.decodeUnknownResult(MetaJson)(rawMeta)
+      const decodedMeta = decodeMeta(rawMeta)
       if (Result.isFailure(decodedMeta)) {
         return yield* corrupt(`${metaKey} is not a valid checkpoint meta: ${firstIssue(decodedMeta.failure)}`)
       }
       meta = Option.some(decodedMeta.success)
     }
     if (metadata[crcKey] !== undefined) {
-      const decodedCrcs = Schema.decodeUnknownResult(CrcMap)(metadata[crcKey])
+      const decodedCrcs = decodeCrcs(metadata[crcKey])
       if (Result.isFailure(decodedCrcs)) return yield* corrupt(`${crcKey} is not a JSON map of checksums`)
       crcs = decodedCrcs.success
+      const names = new Set(described.map((d) => d.name))
       for (const name of Object.keys(crcs)) {
-        if (!described.some((d) => d.name === name)) return yield* corrupt(`${crcKey} names an unknown tensor "${name}"`)
+        if (!names.has(name)) return yield* corrupt(`${crcKey} names an unknown tensor "${name}"`)
       }
     } else if (Option.isSome(meta)) {
       return yield* corrupt(`${crcKey} is missing`)
@@ -510,20 +523,20 @@ const f16ToF32 = (bits: number): number => {
 }
 
 /** Converts a tensor to the nearest dtype tfjs computes in (F32, I32, BOOL). */
-const toTfjs = (path: string, name: string, t: HostTensor): Effect.Effect<HostTensor, CheckpointInvalidArgument> => {
+const toTfjs = (path: string, name: string, t: HostTensor): HostTensor | CheckpointInvalidArgument => {
   switch (t.dtype) {
     case "F32":
     case "I32":
     case "BOOL":
-      return Effect.succeed(t)
+      return t
     case "F64":
-      return Effect.succeed({ dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Float64Array) })
+      return { dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Float64Array) }
     case "F16":
-      return Effect.succeed({ dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Uint16Array, f16ToF32) })
+      return { dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Uint16Array, f16ToF32) }
     case "BF16": {
       const out = new Float32Array(t.data.length)
       new Uint32Array(out.buffer).set(Uint32Array.from(t.data as Uint16Array, (b) => b << 16))
-      return Effect.succeed({ dtype: "F32", shape: t.shape, data: out })
+      return { dtype: "F32", shape: t.shape, data: out }
     }
     default: {
       const out = new Int32Array(t.data.length)
@@ -531,11 +544,11 @@ const toTfjs = (path: string, name: string, t: HostTensor): Effect.Effect<HostTe
       for (let i = 0; i < source.length; i++) {
         const v = Number(source[i]!)
         if (v > 2147483647 || v < -2147483648) {
-          return Effect.fail(invalidLoad(path, `tensor "${name}" (${t.dtype}) holds ${String(source[i])}, outside the int32 range`))
+          return invalidLoad(path, `tensor "${name}" (${t.dtype}) holds ${String(source[i])}, outside the int32 range`)
         }
         out[i] = v
       }
-      return Effect.succeed({ dtype: "I32", shape: t.shape, data: out })
+      return { dtype: "I32", shape: t.shape, data: out }
     }
   }
 }
@@ -583,20 +596,23 @@ export const read = <E>(
       new arrayConstructor[t.dtype](arena, offsets.get(t)!, t.byteLength / bytesPerElement(t.dtype))
 
     const tensors = record<HostTensor>()
-    const finish = (t: TensorLayout, data: TensorData, crc: number) =>
-      Effect.gen(function*() {
-        if (Option.isSome(t.crc) && t.crc.value !== crc >>> 0) {
-          return yield* corrupt(`tensor "${t.name}" fails its checksum (expected ${crcHex(t.crc.value)}, got ${crcHex(crc)})`)
+    /** Checks a tensor read in full and adds it; an error to fail with, if any (plain code: it runs per tensor). */
+    const finish = (t: TensorLayout, data: TensorData, crc: number): CheckpointCorrupt | CheckpointInvalidArgument | undefined => {
+      if (Option.isSome(t.crc) && t.crc.value !== crc >>> 0) {
+        return corrupt(`tensor "${t.name}" fails its checksum (expected ${crcHex(t.crc.value)}, got ${crcHex(crc)})`)
+      }
+      if (t.dtype === "BOOL") {
+        const bytes = data as Uint8Array
+        for (let i = 0; i < bytes.length; i++) {
+          if (bytes[i]! > 1) return corrupt(`tensor "${t.name}" is BOOL but holds the byte ${bytes[i]}`)
         }
-        if (t.dtype === "BOOL") {
-          const bytes = data as Uint8Array
-          for (let i = 0; i < bytes.length; i++) {
-            if (bytes[i]! > 1) return yield* corrupt(`tensor "${t.name}" is BOOL but holds the byte ${bytes[i]}`)
-          }
-        }
-        const host: HostTensor = { dtype: t.dtype, shape: t.shape, data } as HostTensor
-        tensors[t.name] = policy === "convert" ? yield* toTfjs(path, t.name, host) : host
-      })
+      }
+      const host: HostTensor = { dtype: t.dtype, shape: t.shape, data } as HostTensor
+      const converted = policy === "convert" ? toTfjs(path, t.name, host) : host
+      if (converted instanceof CheckpointInvalidArgument) return converted
+      tensors[t.name] = converted
+      return undefined
+    }
 
     // The reads to make, in file order: a large tensor in chunks straight into its
     // own memory; a run of small adjacent tensors in one read through a scratch buffer.
@@ -638,29 +654,24 @@ export const read = <E>(
 
     // A pipeline: step k is read (off the main thread) while step k-1 is checksummed.
     const running = new Map<TensorLayout, number>()
-    const process = (step: Step) =>
-      Effect.gen(function*() {
-        if ("large" in step) {
-          const crc = crc32(step.into, running.get(step.large) ?? 0)
-          running.set(step.large, crc)
-          if (step.last) {
-            running.delete(step.large)
-            const data = new arrayConstructor[step.large.dtype](
-              arena,
-              offsets.get(step.large)!,
-              step.large.byteLength / bytesPerElement(step.large.dtype)
-            )
-            yield* finish(step.large, data, crc)
-          }
-          return
-        }
-        for (const s of step.run) {
-          const from = step.into.subarray(s.position - step.position, s.position - step.position + s.byteLength)
-          const data = allocate(s)
-          byteView(data).set(from)
-          yield* finish(s, data, crc32(from))
-        }
-      })
+    const process = (step: Step): Effect.Effect<void, CheckpointCorrupt | CheckpointInvalidArgument> => {
+      if ("large" in step) {
+        const crc = crc32(step.into, running.get(step.large) ?? 0)
+        running.set(step.large, crc)
+        if (!step.last) return Effect.void
+        running.delete(step.large)
+        const error = finish(step.large, allocate(step.large), crc)
+        return error === undefined ? Effect.void : Effect.fail(error)
+      }
+      for (const s of step.run) {
+        const from = step.into.subarray(s.position - step.position, s.position - step.position + s.byteLength)
+        const data = allocate(s)
+        byteView(data).set(from)
+        const error = finish(s, data, crc32(from))
+        if (error !== undefined) return Effect.fail(error)
+      }
+      return Effect.void
+    }
     let previous: Step | undefined
     for (const step of steps) {
       const reading = yield* Effect.forkChild(readFully(source, step.into, step.position, corrupt), {
