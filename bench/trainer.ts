@@ -10,11 +10,16 @@
  * both time only the steps (not building the model). The two run interleaved, step
  * by step (see `interleaved`); the ratio is the median Trainer steps/s ÷ the median
  * bare steps/s of a run, and the figure printed is the median over the repeats.
+ *
+ * `measureTrainer` / `runTrainer` are the measurement itself, for the suite
+ * (bench/suite.ts), which can give each model its own step count (on `cpu` a CNN
+ * step takes seconds).
  */
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import type * as tf from "@tensorflow/tfjs"
 import { Effect, Layer } from "effect"
 import * as fsp from "node:fs/promises"
+import { PerformanceObserver } from "node:perf_hooks"
 import { parseArgs } from "node:util"
 import type * as Callback from "../src/Callback.ts"
 import * as DataModule from "../src/DataModule.ts"
@@ -24,25 +29,16 @@ import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
 import type { TrainingModule } from "../src/TrainingModule.ts"
 
-const { values } = parseArgs({
-  options: {
-    backend: { type: "string", default: "auto" },
-    steps: { type: "string", default: "60" },
-    repeats: { type: "string", default: "3" },
-    json: { type: "string" }
-  }
-})
-const steps = Number(values.steps)
-const repeats = Number(values.repeats)
-
-const median = (xs: ReadonlyArray<number>) => {
+export const median = (xs: ReadonlyArray<number>) => {
   const s = [...xs].sort((a, b) => a - b)
   const m = s.length >> 1
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2
 }
 
+export type CaseName = "mlp" | "cnn"
+
 interface Case {
-  readonly name: "mlp" | "cnn"
+  readonly name: CaseName
   readonly batchSize: number
   readonly inputShape: ReadonlyArray<number>
   readonly build: (tfjs: typeof tf) => tf.LayersModel
@@ -132,12 +128,24 @@ const module = (c: Case): TrainingModule<DataModule.XY> => ({
  * machine is shared and its speed drifts by tens of percent within a minute). A
  * Trainer step is timed from one onTrainBatchStart to the next, less the bare step
  * run in between: it includes everything the Trainer does per step.
+ *
+ * Garbage-collection pauses (V8's `gc` performance entries) are attributed to the
+ * side whose window they fall in and returned as ms per step: GC work that V8 runs
+ * as a task lands where the event loop turns, which is inside the Trainer's window
+ * (the bare step never yields), whichever side allocated the garbage.
  */
 const interleaved = (tfjs: typeof tf, c: Case, data: DataModule.XY, count: number) =>
   Effect.gen(function*() {
     const bare = bareStepper(tfjs, c, data)
     const trainerTimes: Array<number> = []
     const bareTimes: Array<number> = []
+    const trainerWindows: Array<readonly [number, number]> = []
+    const bareWindows: Array<readonly [number, number]> = []
+    const pauses: Array<readonly [number, number]> = []
+    const observer = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) pauses.push([e.startTime, e.duration])
+    })
+    observer.observe({ entryTypes: ["gc"] })
     let previousStart = 0
     let bareInBetween = 0
     const clock: Callback.Callback = {
@@ -146,15 +154,22 @@ const interleaved = (tfjs: typeof tf, c: Case, data: DataModule.XY, count: numbe
         Effect.sync(() => {
           const now = performance.now()
           // The first 3 steps of each side warm up.
-          if (i > 3) trainerTimes.push(now - previousStart - bareInBetween)
+          if (i > 3) {
+            trainerTimes.push(now - previousStart - bareInBetween)
+            trainerWindows.push([previousStart, now])
+          }
           previousStart = now
         }),
       onTrainBatchEnd: (_t, _o, i) =>
         Effect.sync(() => {
           const start = performance.now()
           bare.step(i)
-          bareInBetween = performance.now() - start
-          if (i >= 3) bareTimes.push(bareInBetween)
+          const end = performance.now()
+          bareInBetween = end - start
+          if (i >= 3) {
+            bareTimes.push(bareInBetween)
+            bareWindows.push([start, end])
+          }
         })
     }
     const trainer = yield* Trainer.make({
@@ -167,41 +182,101 @@ const interleaved = (tfjs: typeof tf, c: Case, data: DataModule.XY, count: numbe
     const dm = DataModule.fromArrays(data, { batchSize: c.batchSize, shuffle: false, valFraction: 0 })
     yield* trainer.fit(module(c), dm).pipe(Effect.ensuring(Effect.sync(bare.dispose)))
     void count
-    return { trainer: 1000 / median(trainerTimes), bare: 1000 / median(bareTimes) }
+    for (const e of observer.takeRecords()) pauses.push([e.startTime, e.duration])
+    observer.disconnect()
+    const gcIn = (windows: ReadonlyArray<readonly [number, number]>) =>
+      pauses.reduce((sum, [at, ms]) => (windows.some(([a, b]) => at >= a && at < b) ? sum + ms : sum), 0)
+    const gcBare = gcIn(bareWindows)
+    return {
+      trainer: 1000 / median(trainerTimes),
+      bare: 1000 / median(bareTimes),
+      // Trainer windows contain the bare windows: take those out.
+      gcTrainerMsPerStep: (gcIn(trainerWindows) - gcIn(bareWindows.filter(([a]) => trainerWindows.some(([x, y]) => a >= x && a < y)))) /
+        Math.max(1, trainerWindows.length),
+      gcBareMsPerStep: gcBare / Math.max(1, bareWindows.length)
+    }
   })
 
-const program = Effect.gen(function*() {
-  const device = yield* Device.Device
-  const tfjs = device.tf
-  const results: Record<string, Array<number>> = {}
-  const lines: Array<string> = []
-  for (const c of cases) {
-    const data = syntheticData(c, steps + 3)
-    const ratios: Array<number> = []
-    const rates = { bare: [] as Array<number>, trainer: [] as Array<number> }
-    for (let r = 0; r < repeats; r++) {
-      const { bare, trainer } = yield* interleaved(tfjs, c, data, steps)
-      rates.bare.push(bare)
-      rates.trainer.push(trainer)
-      ratios.push(trainer / bare)
-    }
-    results[c.name] = ratios
-    lines.push(
-      `${c.name}: bare ${median(rates.bare).toFixed(2)} steps/s, Trainer.fit ${median(rates.trainer).toFixed(2)} steps/s, ` +
-        `ratio ${median(ratios).toFixed(3)} (target >= 0.97; per repeat ${ratios.map((x) => x.toFixed(3)).join(" ")})`
-    )
-  }
-  const result = { mlp_vs_bare: median(results["mlp"]!), cnn_vs_bare: median(results["cnn"]!), backend: device.backend }
-  console.log(`backend ${device.backend}${device.isGpu ? " (GPU)" : ""}, ${steps} timed steps per run, ${repeats} repeats, medians`)
-  for (const line of lines) console.log(line)
-  if (values.json !== undefined) yield* Effect.promise(() => fsp.writeFile(values.json!, JSON.stringify(result, null, 2) + "\n"))
-})
+export interface TrainerOptions {
+  /** The models to run, each with its number of timed steps per repeat. */
+  readonly cases: ReadonlyArray<{ readonly name: CaseName; readonly steps: number }>
+  readonly repeats: number
+}
 
-const backend = Device.backendChoices.find((b) => b === values.backend) ?? "auto"
-await Effect.runPromise(
-  program.pipe(
-    Effect.provide(Strategy.singleDevice().pipe(Layer.provideMerge(Device.layer(backend)))),
-    Effect.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)),
-    Effect.scoped
+/** Per model, one value per repeat: steps/s of each side (medians over the run's steps) and their ratio. */
+export interface TrainerCaseSamples {
+  readonly name: CaseName
+  readonly steps: number
+  readonly batchSize: number
+  readonly bare: Array<number>
+  readonly trainer: Array<number>
+  readonly ratios: Array<number>
+  /** GC pause ms per step that fell in each side's window (see `interleaved`). */
+  readonly gcTrainerMsPerStep: Array<number>
+  readonly gcBareMsPerStep: Array<number>
+}
+
+export interface TrainerSamples {
+  readonly backend: Device.BackendName
+  readonly isGpu: boolean
+  readonly cases: Array<TrainerCaseSamples>
+}
+
+/** The measurement, on the `Device` in context. */
+export const measureTrainer = (options: TrainerOptions) =>
+  Effect.gen(function*() {
+    const device = yield* Device.Device
+    const tfjs = device.tf
+    const out: Array<TrainerCaseSamples> = []
+    for (const { name, steps } of options.cases) {
+      const c = cases.find((x) => x.name === name)!
+      const data = syntheticData(c, steps + 3)
+      const samples: TrainerCaseSamples = { name, steps, batchSize: c.batchSize, bare: [], trainer: [], ratios: [], gcTrainerMsPerStep: [], gcBareMsPerStep: [] }
+      for (let r = 0; r < options.repeats; r++) {
+        const { bare, gcBareMsPerStep, gcTrainerMsPerStep, trainer } = yield* interleaved(tfjs, c, data, steps)
+        samples.gcBareMsPerStep.push(gcBareMsPerStep)
+        samples.gcTrainerMsPerStep.push(gcTrainerMsPerStep)
+        samples.bare.push(bare)
+        samples.trainer.push(trainer)
+        samples.ratios.push(trainer / bare)
+      }
+      out.push(samples)
+    }
+    return { backend: device.backend, isGpu: device.isGpu, cases: out } satisfies TrainerSamples
+  })
+
+/** `measureTrainer` on a fresh `Device` for `backend` (fails with `DeviceError` when it does not come up). */
+export const runTrainer = (backend: Device.BackendChoice, options: TrainerOptions): Promise<TrainerSamples> =>
+  Effect.runPromise(
+    measureTrainer(options).pipe(
+      Effect.provide(Strategy.singleDevice().pipe(Layer.provideMerge(Device.layer(backend)))),
+      Effect.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)),
+      Effect.scoped
+    )
   )
-)
+
+const main = async () => {
+  const { values } = parseArgs({
+    options: {
+      backend: { type: "string", default: "auto" },
+      steps: { type: "string", default: "60" },
+      repeats: { type: "string", default: "3" },
+      json: { type: "string" }
+    }
+  })
+  const steps = Number(values.steps)
+  const repeats = Number(values.repeats)
+  const backend = Device.backendChoices.find((b) => b === values.backend) ?? "auto"
+  const measured = await runTrainer(backend, { cases: cases.map((c) => ({ name: c.name, steps })), repeats })
+  const lines = measured.cases.map(({ bare, name, ratios, trainer }) =>
+    `${name}: bare ${median(bare).toFixed(2)} steps/s, Trainer.fit ${median(trainer).toFixed(2)} steps/s, ` +
+    `ratio ${median(ratios).toFixed(3)} (target >= 0.97; per repeat ${ratios.map((x) => x.toFixed(3)).join(" ")})`
+  )
+  const ratioOf = (name: CaseName) => median(measured.cases.find((c) => c.name === name)!.ratios)
+  const result = { mlp_vs_bare: ratioOf("mlp"), cnn_vs_bare: ratioOf("cnn"), backend: measured.backend }
+  console.log(`backend ${measured.backend}${measured.isGpu ? " (GPU)" : ""}, ${steps} timed steps per run, ${repeats} repeats, medians`)
+  for (const line of lines) console.log(line)
+  if (values.json !== undefined) await fsp.writeFile(values.json, JSON.stringify(result, null, 2) + "\n")
+}
+
+if (import.meta.main) await main()
