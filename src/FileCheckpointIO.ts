@@ -45,6 +45,13 @@ export const isTemporaryName = (name: string): boolean => name.startsWith(".") &
 const temporaryName = (base: string, pid: number): string =>
   `.${base}.${pid}.${randomBytes(5).toString("hex")}${tempSuffix}`
 
+/**
+ * Temporary names this process has in use. A temporary file of our own pid that is not
+ * in here was left by an earlier process that had the same pid (a container's main
+ * process is pid 1 in every run): stale.
+ */
+const inUse = new Set<string>()
+
 const ownerPid = (name: string): number | undefined => {
   const match = /\.(\d+)\.[a-z0-9]+\.tmp-ckpt$/.exec(name)
   return match ? Number(match[1]) : undefined
@@ -83,7 +90,8 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
       const names = yield* fs.readDirectory(dir)
       for (const name of names) {
         const pid = ownerPid(name)
-        if (!isTemporaryName(name) || pid === undefined || processIsAlive(pid)) continue
+        if (!isTemporaryName(name) || pid === undefined) continue
+        if (pid === process.pid ? inUse.has(name) : processIsAlive(pid)) continue
         yield* fs.remove(path.join(dir, name), { force: true }).pipe(
           Effect.tap(() => Effect.logDebug(`removed stale temporary checkpoint file ${path.join(dir, name)}`))
         )
@@ -95,6 +103,22 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
     )
 
   const syncDirectory = (dir: string) => Effect.scoped(Effect.flatMap(fs.open(dir, { flag: "r" }), (d) => d.sync))
+
+  /**
+   * Creates `dir` and its missing parents. When `durable`, each directory created is
+   * made durable in its parent (an fsync of the parent): otherwise a power cut after
+   * the save returned could take the new directory, and the checkpoint in it, away.
+   */
+  const makeDirectories = (dir: string, durable: boolean) =>
+    Effect.gen(function*() {
+      const missing: Array<string> = []
+      for (let d = dir; !(yield* fs.exists(d)); d = path.dirname(d)) {
+        missing.push(d)
+        if (path.dirname(d) === d) break
+      }
+      yield* fs.makeDirectory(dir, { recursive: true })
+      if (durable) for (const d of missing.reverse()) yield* syncDirectory(path.dirname(d))
+    })
 
   const fileSink = (file: FileSystem.File): SafeTensors.ByteSink<PlatformError.PlatformError> => ({
     write: (chunk) => file.writeAll(chunk),
@@ -117,7 +141,9 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
   const commit = (tmp: string, target: string, dir: string, durable: boolean) =>
     Effect.gen(function*() {
       // A hard link keeps the previous checkpoint reachable until the new one is durable.
-      const backup = path.join(dir, temporaryName(path.basename(target), process.pid))
+      const backupName = temporaryName(path.basename(target), process.pid)
+      const backup = path.join(dir, backupName)
+      inUse.add(backupName)
       const previous = yield* fs.link(target, backup).pipe(
         Effect.as("linked" as const),
         Effect.catch((error) => Effect.succeed(isNotFound(error) ? "none" as const : "unlinkable" as const))
@@ -129,7 +155,10 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
         : Effect.void // the new file is all there is: keep it
       yield* fs.rename(tmp, target).pipe(
         Effect.andThen(durable ? syncDirectory(dir).pipe(Effect.tapError(() => Effect.ignore(rollback))) : Effect.void),
-        Effect.ensuring(previous === "linked" ? Effect.ignore(fs.remove(backup, { force: true })) : Effect.void)
+        Effect.ensuring(Effect.andThen(
+          previous === "linked" ? Effect.ignore(fs.remove(backup, { force: true })) : Effect.void,
+          Effect.sync(() => inUse.delete(backupName))
+        ))
       )
     }).pipe(Effect.uninterruptible)
 
@@ -139,9 +168,11 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
     const planned = yield* SafeTensors.plan(checkpoint, target)
     const durable = options?.durable ?? true
     const dir = path.dirname(target)
-    yield* fs.makeDirectory(dir, { recursive: true }).pipe(Effect.mapError(storageError("save", target)))
+    yield* makeDirectories(dir, durable).pipe(Effect.mapError(storageError("save", target)))
     yield* cleanStaleTemporaries(dir)
-    const tmp = path.join(dir, temporaryName(path.basename(target), process.pid))
+    const tmpName = temporaryName(path.basename(target), process.pid)
+    const tmp = path.join(dir, tmpName)
+    inUse.add(tmpName)
     yield* Effect.gen(function*() {
       yield* Effect.scoped(Effect.gen(function*() {
         const handle = yield* fs.open(tmp, { flag: "wx" })
@@ -151,6 +182,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
       yield* commit(tmp, target, dir, durable)
     }).pipe(
       Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
+      Effect.ensuring(Effect.sync(() => inUse.delete(tmpName))),
       Effect.mapError(storageError("save", target))
     )
   })
@@ -186,8 +218,10 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
     }
     if (from === to) return
     const dir = path.dirname(to)
-    yield* fs.makeDirectory(dir, { recursive: true }).pipe(Effect.mapError(storageError("copy", to)))
-    const tmp = path.join(dir, temporaryName(path.basename(to), process.pid))
+    yield* makeDirectories(dir, true).pipe(Effect.mapError(storageError("copy", to)))
+    const tmpName = temporaryName(path.basename(to), process.pid)
+    const tmp = path.join(dir, tmpName)
+    inUse.add(tmpName)
     yield* Effect.gen(function*() {
       // A hard link: no bytes copied, and the target keeps this content even when the
       // source is saved again. Where links are refused (another device, no support), a copy.
@@ -199,6 +233,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
       yield* commit(tmp, to, dir, true)
     }).pipe(
       Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
+      Effect.ensuring(Effect.sync(() => inUse.delete(tmpName))),
       Effect.mapError(storageError("copy", to))
     )
   })

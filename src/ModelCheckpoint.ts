@@ -22,12 +22,16 @@
  * What it never deletes: the checkpoint the run resumed from (`resumedFrom`), the
  * newest checkpoint it wrote, a checkpoint it still tracks, or anything that is not
  * directly inside its `dirpath`. A rotated-out checkpoint is removed only once its
- * replacement is committed: the callback first asks `checkpointIO.exists(new)`, which
- * on `AsyncCheckpointIO` waits for that path's pending save (and reports a failed
- * background save as an error), and removes the old file only if it answered true.
- * The price on `AsyncCheckpointIO`: a save that rotates a file out waits for its own
- * write before training goes on (saves that rotate nothing stay in the background).
- * `saveLast: "link"` also waits, since `copy` needs the source committed.
+ * replacement and the event's `last.ckpt` (whose state no longer tracks it) are
+ * committed: the callback first asks `checkpointIO.exists` of both, which on
+ * `AsyncCheckpointIO` waits for their pending saves (and reports a failed background
+ * save as an error), and removes the old file only if both answered true. So a crash
+ * at any point leaves every checkpoint the newest `last.ckpt` tracks in storage. The
+ * price on `AsyncCheckpointIO`: a save event that rotates a file out waits for its own
+ * writes before training goes on (events that rotate nothing stay in the background).
+ * `saveLast: "link"` also waits, since `copy` needs the source committed. A save
+ * event that fails or is interrupted puts the bookkeeping back as it was before it
+ * (see `saveErrors` for going on after a storage error).
  *
  * When it saves (by default at the end of every training epoch):
  * - `everyNTrainSteps`, `everyNEpochs` and `trainTimeInterval` are mutually
@@ -78,6 +82,7 @@ import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
 import type { CheckpointMeta } from "./Checkpoint.ts"
+import type { BackgroundSaveFailed, CheckpointStorageError } from "./CheckpointIO.ts"
 
 /** A `ModelCheckpoint` was configured in a way that can never work. */
 export class ModelCheckpointConfigError extends Data.TaggedError("ModelCheckpointConfigError")<{
@@ -122,6 +127,14 @@ export interface Options {
   readonly enableVersionCounter?: boolean | undefined
   /** Log each decision with `Effect.logInfo` (default false). */
   readonly verbose?: boolean | undefined
+  /**
+   * What a storage error while saving does (`CheckpointStorageError`, or
+   * `BackgroundSaveFailed` from an asynchronous store): `"stop"` (default) fails the
+   * fit with it; `"warn"` logs a warning and training goes on, the callback tracking
+   * only checkpoints that are in storage (the next save event tries again). Other
+   * errors (an invalid checkpoint, a missing monitored metric) always stop.
+   */
+  readonly saveErrors?: "stop" | "warn" | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -409,6 +422,7 @@ interface Resolved {
   readonly saveOnException: boolean
   readonly enableVersionCounter: boolean
   readonly verbose: boolean
+  readonly saveErrors: "stop" | "warn"
 }
 
 const normalizeDir = (dir: string): string => {
@@ -420,6 +434,19 @@ const joinPath = (dir: string, name: string): string => (dir.endsWith("/") ? `${
 
 /** Are two checkpoint paths the same (relative paths against the working directory)? */
 const samePath = (a: string, b: string): boolean => posix.resolve(a) === posix.resolve(b)
+
+/** What a failed or interrupted save event puts back. */
+interface Bookkeeping {
+  readonly bestKModels: Map<string, Score>
+  readonly kthBestModelPath: string | undefined
+  readonly kthValue: Score
+  readonly bestModelPath: string | undefined
+  readonly bestModelScore: Score | undefined
+  readonly currentScore: Score | undefined
+  readonly lastModelPath: string | undefined
+  readonly newest: { readonly path: string; readonly step: number } | undefined
+  readonly lastGlobalStepSaved: number
+}
 
 /**
  * Lightning's `ModelCheckpoint`. Build it with `ModelCheckpoint.make(options)` (or
@@ -457,6 +484,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   #validatedThisEpoch = false
   #pendingValidationSave = false
   #warnedMissingMonitor = false
+  /** Top-k checkpoints rotated out at this save event: removed once `last` is written. */
+  #rotatedOut: Array<{ readonly previous: string; readonly current: string }> = []
 
   private constructor(options: Resolved) {
     super()
@@ -511,6 +540,10 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       }
       if (options.monitor !== undefined && options.monitor.length === 0) return fail("monitor", "must not be empty")
       if (options.dirpath !== undefined && options.dirpath.length === 0) return fail("dirpath", "must not be empty")
+      const saveErrors = options.saveErrors ?? "stop"
+      if (saveErrors !== "stop" && saveErrors !== "warn") {
+        return fail("saveErrors", `must be "stop" or "warn", got ${String(saveErrors)}`)
+      }
       const template = options.filename === undefined || options.filename.length === 0
         ? "{epoch}" + ModelCheckpoint.joinChar + "{step}"
         : options.filename
@@ -532,7 +565,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
           saveOnTrainEpochEnd: options.saveOnTrainEpochEnd,
           saveOnException: options.saveOnException ?? false,
           enableVersionCounter: options.enableVersionCounter ?? true,
-          verbose: options.verbose ?? false
+          verbose: options.verbose ?? false,
+          saveErrors
         })
       )
     })
@@ -857,7 +891,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
     kind: "topK" | "none",
     main?: (trainer: Callback.TrainerState) => Effect.Effect<void, Callback.HookError>
   ): Effect.Effect<void, Callback.HookError> {
-    return Effect.gen({ self: this }, function*() {
+    const event = Effect.gen({ self: this }, function*() {
       this.#dir(trainer)
       const candidates = this.#monitorCandidates(trainer)
       const previousLast = this.#lastModelPath
@@ -866,10 +900,104 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         lastPath = yield* this.#freePath(trainer, candidates, { filename: ModelCheckpoint.lastName }, previousLast)
         this.#lastModelPath = lastPath
       }
+      this.#rotatedOut = []
       if (main !== undefined) yield* main(trainer)
       else if (kind === "topK") yield* this.#saveTopK(trainer, candidates)
       if (lastPath !== undefined) yield* this.#writeLast(trainer, lastPath, previousLast)
+      // Rotated-out checkpoints go last, once the last checkpoint (whose state no longer
+      // tracks them) is committed (`exists` waits for it on an asynchronous store): a
+      // crash before leaves them in storage, still tracked; never the reverse.
+      const rotated = this.#rotatedOut
+      this.#rotatedOut = []
+      if (rotated.length > 0 && lastPath !== undefined && !(yield* trainer.checkpointIO.exists(lastPath))) {
+        yield* Effect.logWarning(`ModelCheckpoint: kept ${rotated.map((r) => r.previous).join(", ")}: ${lastPath} is not in storage`)
+        return
+      }
+      for (const { current, previous } of rotated) yield* this.#removeRotated(trainer, previous, current)
     })
+    return Effect.suspend(() => {
+      // The bookkeeping is updated before each save (a checkpoint records itself); a
+      // failed or interrupted event puts it back, so that no later save (the one
+      // `onException` makes, say) records a checkpoint that is not in storage.
+      const before = this.#bookkeeping()
+      const guarded = event.pipe(Effect.onError(() => Effect.sync(() => this.#restore(before))))
+      if (this.#options.saveErrors === "stop") return guarded
+      return guarded.pipe(
+        Effect.catchIf(
+          (error): error is CheckpointStorageError | BackgroundSaveFailed =>
+            error._tag === "CheckpointStorageError" || error._tag === "BackgroundSaveFailed",
+          (error) =>
+            Effect.gen({ self: this }, function*() {
+              yield* this.#forgetMissing(trainer)
+              yield* Effect.logWarning(
+                `ModelCheckpoint: could not save at epoch ${trainer.currentEpoch}, step ${trainer.globalStep}: ${error.message}; ` +
+                  `training goes on (saveErrors: "warn")`
+              )
+            })
+        )
+      )
+    })
+  }
+
+  /** The bookkeeping a failed save event puts back. */
+  #bookkeeping(): Bookkeeping {
+    return {
+      bestKModels: new Map(this.#bestKModels),
+      kthBestModelPath: this.#kthBestModelPath,
+      kthValue: this.#kthValue,
+      bestModelPath: this.#bestModelPath,
+      bestModelScore: this.#bestModelScore,
+      currentScore: this.#currentScore,
+      lastModelPath: this.#lastModelPath,
+      newest: this.#newest,
+      lastGlobalStepSaved: this.#lastGlobalStepSaved
+    }
+  }
+
+  #restore(state: Bookkeeping): void {
+    this.#bestKModels = state.bestKModels
+    this.#kthBestModelPath = state.kthBestModelPath
+    this.#kthValue = state.kthValue
+    this.#bestModelPath = state.bestModelPath
+    this.#bestModelScore = state.bestModelScore
+    this.#currentScore = state.currentScore
+    this.#lastModelPath = state.lastModelPath
+    this.#newest = state.newest
+    this.#lastGlobalStepSaved = state.lastGlobalStepSaved
+    this.#rotatedOut = []
+  }
+
+  /**
+   * Stops tracking checkpoints that are not in storage (an earlier background save
+   * that failed), so that rotation, `bestModelPath` and `lastModelPath` only ever name
+   * files that exist. Storage that cannot answer leaves the bookkeeping as it is.
+   */
+  #forgetMissing(trainer: Callback.TrainerState): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      const missing = new Set<string>()
+      const tracked = [...this.#bestKModels.keys(), this.#bestModelPath, this.#lastModelPath, this.#newest?.path]
+      for (const path of tracked) {
+        if (path !== undefined && !missing.has(path) && !(yield* trainer.checkpointIO.exists(path))) missing.add(path)
+      }
+      if (missing.size === 0) return
+      for (const path of missing) this.#bestKModels.delete(path)
+      if (this.#lastModelPath !== undefined && missing.has(this.#lastModelPath)) this.#lastModelPath = undefined
+      if (this.#newest !== undefined && missing.has(this.#newest.path)) this.#newest = undefined
+      if (this.#options.monitor === undefined) {
+        if (this.#bestModelPath !== undefined && missing.has(this.#bestModelPath)) this.#bestModelPath = undefined
+        return
+      }
+      let best: string | undefined
+      let worst: string | undefined
+      for (const [p, v] of this.#bestKModels) {
+        if (best === undefined || this.#isBetter(v, this.#bestKModels.get(best)!)) best = p
+        if (worst === undefined || this.#isBetter(this.#bestKModels.get(worst)!, v)) worst = p
+      }
+      this.#bestModelPath = best
+      this.#bestModelScore = best === undefined ? undefined : this.#bestKModels.get(best)
+      this.#kthBestModelPath = worst
+      this.#kthValue = worst === undefined ? (this.#options.mode === "min" ? Infinity : -Infinity) : this.#bestKModels.get(worst)!
+    }).pipe(Effect.catch(() => Effect.void))
   }
 
   #saveTopK(trainer: Callback.TrainerState, candidates: ReadonlyMap<string, number>): Effect.Effect<void, Callback.HookError> {
@@ -948,7 +1076,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         )
       }
       yield* this.#save(trainer, path)
-      if (rotated !== undefined) yield* this.#removeRotated(trainer, rotated, path)
+      if (rotated !== undefined) this.#rotatedOut.push({ previous: rotated, current: path })
     })
   }
 
@@ -961,7 +1089,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         yield* Effect.logInfo(`Epoch ${candidates.get("epoch")}, global step ${candidates.get("step")}: saving model to '${path}'`)
       }
       yield* this.#save(trainer, path)
-      if (this.#options.saveTopK === 1 && previous !== undefined) yield* this.#removeRotated(trainer, previous, path)
+      if (this.#options.saveTopK === 1 && previous !== undefined) this.#rotatedOut.push({ previous, current: path })
     })
   }
 

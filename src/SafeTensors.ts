@@ -195,10 +195,15 @@ export const validate = (checkpoint: Checkpoint, path: string): Effect.Effect<Re
     }
     if (Option.isSome(checkpoint.meta)) {
       const encoded = yield* Schema.encodeUnknownEffect(CheckpointMeta)(checkpoint.meta.value).pipe(
-        Effect.mapError((error) => invalid(path, `invalid checkpoint meta: ${error.message}`))
+        Effect.mapError((error) => invalid(path, `invalid checkpoint meta: ${error.message}`)),
+        // A meta nested too deep, or cyclic, overflows the stack in the encoder.
+        Effect.catchDefect((defect) => Effect.fail(invalid(path, `invalid checkpoint meta: ${String(defect)}`)))
       )
       metadata[formatKey] = formatVersion
-      metadata[metaKey] = JSON.stringify(encoded)
+      metadata[metaKey] = yield* Effect.try({
+        try: () => JSON.stringify(encoded),
+        catch: (cause) => invalid(path, `checkpoint meta cannot be written as JSON: ${String(cause)}`)
+      })
     }
     return metadata
   })

@@ -21,10 +21,11 @@
  * @since 0.1.0
  */
 import type * as tf from "@tensorflow/tfjs"
-import { Cause, Context, Data, Effect, FileSystem, Layer, Option, Path, Stream } from "effect"
+import { Cause, Context, Data, Effect, FileSystem, Layer, Option, Path, Result, Stream } from "effect"
 import type { Json } from "effect/Schema"
+import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
-import { type Checkpoint as CheckpointRecord, type HostTensor, make as makeCheckpoint } from "./Checkpoint.ts"
+import { type HostTensor, make as makeCheckpoint } from "./Checkpoint.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
 import * as CsvLogger from "./CsvLogger.ts"
 import type { DataError, DataModule } from "./DataModule.ts"
@@ -431,9 +432,41 @@ export const make = <E = never, R = never>(
         return Option.some(candidates[newest]!)
       })
 
-    const restoreFrom = (path: string, module: TrainingModule<any, any>, target: Built<tf.LayersModel>) =>
+    /**
+     * Loads the checkpoint to resume from. With `fallback` (`ckptPath: "last"`), a
+     * corrupt one is passed over for the newest other checkpoint of its directory that
+     * loads (by modification time; weights-only ones cannot resume a fit), with a
+     * warning; when none loads, the first corrupt error is the result.
+     */
+    const loadForResume = (path: string, fallback: boolean) =>
       Effect.gen(function*() {
-        const record: CheckpointRecord = yield* checkpointIO.load(path, { dtypes: "tfjs" })
+        const chosen = yield* Effect.result(checkpointIO.load(path, { dtypes: "tfjs" }))
+        if (Result.isSuccess(chosen)) return { path, record: chosen.success }
+        const error = chosen.failure
+        if (!fallback || error._tag !== "CheckpointCorrupt") return yield* Effect.fail(error)
+        const dir = path.slice(0, Math.max(0, path.lastIndexOf("/"))) || "."
+        const others = (yield* checkpointIO.list(dir))
+          .filter((e) => e.path.endsWith(".ckpt") && posix.resolve(e.path) !== posix.resolve(path))
+          .sort((a, b) => b.modifiedAt - a.modifiedAt)
+        for (const entry of others) {
+          const loaded = yield* Effect.result(checkpointIO.load(entry.path, { dtypes: "tfjs" }))
+          if (Result.isFailure(loaded)) {
+            if (loaded.failure._tag !== "CheckpointCorrupt") return yield* Effect.fail(loaded.failure)
+            yield* Effect.logWarning(`ckptPath "last": ${entry.path} is corrupt too (${loaded.failure.reason})`)
+            continue
+          }
+          if (Option.isSome(loaded.success.meta) && loaded.success.meta.value.weightsOnly) continue
+          yield* Effect.logWarning(
+            `ckptPath "last": ${path} is corrupt (${error.reason}); resuming from ${entry.path}, the newest checkpoint that loads`
+          )
+          return { path: entry.path, record: loaded.success }
+        }
+        return yield* Effect.fail(error)
+      })
+
+    const restoreFrom = (requested: string, module: TrainingModule<any, any>, target: Built<tf.LayersModel>, fallback: boolean) =>
+      Effect.gen(function*() {
+        const { path, record } = yield* loadForResume(requested, fallback)
         yield* strategy.restore(target.model, target.optimizer, record.tensors)
         if (Option.isSome(record.meta)) {
           const meta = record.meta.value
@@ -521,7 +554,7 @@ export const make = <E = never, R = never>(
         yield* call("setup", "fit")
         if (fitOptions?.ckptPath !== undefined) {
           const path = yield* resolveCkptPath(fitOptions.ckptPath)
-          if (Option.isSome(path)) yield* restoreFrom(path.value, module, target)
+          if (Option.isSome(path)) yield* restoreFrom(path.value, module, target, fitOptions.ckptPath === "last")
         }
         yield* call("onFitStart")
         const sanitySteps = options.numSanityValSteps ?? 2

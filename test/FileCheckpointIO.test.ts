@@ -121,7 +121,9 @@ describe("FileCheckpointIO", () => {
       const fs = yield* FileSystem.FileSystem
       const dir = yield* tempDir
       const dead = `.a.ckpt.999999999.abc123.tmp-ckpt`
-      const live = `.a.ckpt.${process.pid}.def456.tmp-ckpt`
+      // A live writer in another process (our parent); one of our own pid that this
+      // process did not create is stale (an earlier process with the same pid left it).
+      const live = `.a.ckpt.${process.ppid}.def456.tmp-ckpt`
       yield* fs.writeFile(`${dir}/${dead}`, new Uint8Array(10))
       yield* fs.writeFile(`${dir}/${live}`, new Uint8Array(10))
       assert.deepStrictEqual(yield* io.list(dir), [])
