@@ -19,6 +19,7 @@ import * as Trainer from "../src/Trainer.ts"
 import type { StepContext, TrainingModule } from "../src/TrainingModule.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 import { countingIO } from "./support/countingIO.ts"
+import { epochEnd, fakeTrainer } from "./support/fakeTrainer.ts"
 
 // ---------------------------------------------------------------------------
 // Stacks (as in Trainer.test.ts)
@@ -56,74 +57,9 @@ const make = (options: ModelCheckpoint.Options) => ModelCheckpoint.make(options)
 // ---------------------------------------------------------------------------
 // A fake Trainer: drives the callback directly over any CheckpointIO, no tfjs
 
-interface Fake {
-  stage: Callback.Stage
-  currentEpoch: number
-  globalStep: number
-  batchIdx: number
-  numTrainBatches: number | undefined
-  maxEpochs: number
-  maxSteps: number
-  callbackMetrics: Map<string, number>
-  loggedMetrics: Map<string, number>
-  defaultRootDir: string
-  checkpointIO: CheckpointIOShape
-  sanityChecking: boolean
-  shouldStop: boolean
-  stop: () => void
-  saveCheckpoint: Callback.TrainerState["saveCheckpoint"]
-  resumedFrom: string | undefined
-}
-
-/** A TrainerState whose `saveCheckpoint` writes a tiny checkpoint (with the callbacks' states) through `io`. */
-const fakeTrainer = (io: CheckpointIOShape, stateful: () => ReadonlyArray<Callback.Callback>): Fake => {
-  const fake: Fake = {
-    stage: "fit",
-    currentEpoch: 0,
-    globalStep: 0,
-    batchIdx: 0,
-    numTrainBatches: undefined,
-    maxEpochs: 1000,
-    maxSteps: -1,
-    callbackMetrics: new Map(),
-    loggedMetrics: new Map(),
-    defaultRootDir: "/root",
-    checkpointIO: io,
-    sanityChecking: false,
-    shouldStop: false,
-    stop: () => {
-      fake.shouldStop = true
-    },
-    saveCheckpoint: (path, options) =>
-      Effect.suspend(() => {
-        const callbacks: Record<string, ReturnType<NonNullable<Callback.Callback["stateDict"]>>> = {}
-        for (const cb of stateful()) if (cb.stateDict !== undefined) callbacks[Callback.stateKeyOf(cb)] = cb.stateDict()
-        return io.save(
-          Checkpoint.make({
-            tensors: { "model/w": Checkpoint.tensor("F32", [1], Float32Array.of(fake.globalStep)) },
-            meta: { epoch: fake.currentEpoch, globalStep: fake.globalStep, weightsOnly: options?.weightsOnly ?? false, callbacks }
-          }),
-          path
-        )
-      }),
-    resumedFrom: undefined
-  }
-  return fake
-}
-
 /** A fresh memory store over a map the test can read. */
 const memoryIO = (files: Map<string, MemoryCheckpointIO.StoredFile>) =>
   Effect.provideService(MemoryCheckpointIO.make, MemoryCheckpointIO.MemoryStore, { files })
-
-/** Runs one epoch end in the fake trainer. */
-const epochEnd = (cb: ModelCheckpoint.ModelCheckpoint, t: Fake, epoch: number, step: number, metrics: Record<string, number>) =>
-  Effect.gen(function*() {
-    t.currentEpoch = epoch
-    yield* cb.onTrainEpochStart(t)
-    t.globalStep = step
-    t.callbackMetrics = new Map(Object.entries(metrics))
-    yield* cb.onTrainEpochEnd(t)
-  })
 
 const filesUnder = (files: Map<string, unknown>, dir: string) =>
   [...files.keys()].filter((p) => posix.dirname(p) === dir).map((p) => posix.basename(p)).sort()

@@ -13,7 +13,7 @@ import { Cause, Deferred, Effect, Fiber, Option } from "effect"
 import type { CheckpointIOShape } from "../../src/CheckpointIO.ts"
 import * as MemoryCheckpointIO from "../../src/MemoryCheckpointIO.ts"
 import * as ModelCheckpoint from "../../src/ModelCheckpoint.ts"
-import { epochEnd, fakeTrainer } from "./fakeTrainer.ts"
+import { epochEnd, fakeTrainer } from "../support/fakeTrainer.ts"
 import { runInterruptTrials } from "./interrupt.ts"
 import { formatFailures } from "./support.ts"
 

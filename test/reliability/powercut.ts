@@ -24,7 +24,7 @@ import { CheckpointIO, type CheckpointIOShape } from "../../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../../src/FileCheckpointIO.ts"
 import * as ModelCheckpoint from "../../src/ModelCheckpoint.ts"
 import * as PowerCutFileSystem from "../../src/PowerCutFileSystem.ts"
-import { epochEnd, fakeTrainer } from "./fakeTrainer.ts"
+import { epochEnd, fakeTrainer } from "../support/fakeTrainer.ts"
 import { type Failure, makeTempDir, removeDir, type Result } from "./support.ts"
 
 export interface PowerCutTrialOptions {

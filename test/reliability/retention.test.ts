@@ -14,7 +14,7 @@ import { type CheckpointIOShape, CheckpointStorageError } from "../../src/Checkp
 import * as MemoryCheckpointIO from "../../src/MemoryCheckpointIO.ts"
 import * as ModelCheckpoint from "../../src/ModelCheckpoint.ts"
 import { runCrashTrials } from "./crash.ts"
-import { epochEnd, fakeTrainer } from "./fakeTrainer.ts"
+import { epochEnd, fakeTrainer } from "../support/fakeTrainer.ts"
 import { formatFailures } from "./support.ts"
 
 /** A store that "crashes" (every later write fails) after `n` writes. */

@@ -14,6 +14,7 @@ import * as nodePath from "node:path"
 import { fileURLToPath } from "node:url"
 import * as FileCheckpointIO from "../../src/FileCheckpointIO.ts"
 import { CheckpointIO, type CheckpointIOShape } from "../../src/CheckpointIO.ts"
+import { seeded } from "../support/random.ts"
 
 /** One broken invariant, with what is needed to replay it. */
 export interface Failure {
@@ -40,27 +41,8 @@ export const formatFailures = (result: Result, max = 10, which: "failures" | "kn
     (list.length > max ? `\n  … and ${list.length - max} more` : "")
 }
 
-/** mulberry32, as `src/Random.ts` (and test/support/random.ts), with helpers. */
-export const prng = (seed: number) => {
-  let state = seed >>> 0
-  const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-  const int = (maxExclusive: number): number => Math.floor(next() * maxExclusive)
-  return {
-    next,
-    int,
-    /** An integer in [lo, hi]. */
-    range: (lo: number, hi: number): number => lo + int(hi - lo + 1),
-    pick: <A>(items: ReadonlyArray<A>): A => items[int(items.length)]!,
-    chance: (p: number): boolean => next() < p,
-    bytes: (n: number): Uint8Array => Uint8Array.from({ length: n }, () => int(256))
-  }
-}
+/** The seeded generator of test/support/random.ts (mulberry32, `src/Random.ts`). */
+export const prng = seeded
 export type Prng = ReturnType<typeof prng>
 
 /** Mixes a base seed and indices into a trial seed. */

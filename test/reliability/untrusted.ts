@@ -28,7 +28,7 @@ import { CheckpointIO, type CheckpointIOShape } from "../../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../../src/FileCheckpointIO.ts"
 import * as MemoryCheckpointIO from "../../src/MemoryCheckpointIO.ts"
 import * as ModelCheckpoint from "../../src/ModelCheckpoint.ts"
-import { epochEnd, fakeTrainer } from "./fakeTrainer.ts"
+import { epochEnd, fakeTrainer } from "../support/fakeTrainer.ts"
 import { crcHex, crcKey, encode, headerCrcKey, headerText } from "./safetensorsBytes.ts"
 import { type Failure, here, makeTempDir, prng, removeDir, type Result, trialSeed } from "./support.ts"
 

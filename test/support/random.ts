@@ -1,16 +1,21 @@
-/** A small seeded PRNG (mulberry32), so that every "random" test is reproducible. */
+import * as Random from "../../src/Random.ts"
+
+/** A seeded generator over `src/Random.ts`, so that every "random" test is reproducible. */
 export const seeded = (seed: number) => {
-  let state = seed >>> 0
+  const state: Random.State = { value: seed >>> 0 }
   const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+    const [s, r] = Random.next(state.value)
+    state.value = s
+    return r
   }
+  const int = (maxExclusive: number): number => Math.floor(next() * maxExclusive)
   return {
     next,
-    int: (maxExclusive: number): number => Math.floor(next() * maxExclusive),
-    bytes: (n: number): Uint8Array => Uint8Array.from({ length: n }, () => Math.floor(next() * 256))
+    int,
+    /** An integer in [lo, hi]. */
+    range: (lo: number, hi: number): number => lo + int(hi - lo + 1),
+    pick: <A>(items: ReadonlyArray<A>): A => items[int(items.length)]!,
+    chance: (p: number): boolean => next() < p,
+    bytes: (n: number): Uint8Array => Uint8Array.from({ length: n }, () => int(256))
   }
 }

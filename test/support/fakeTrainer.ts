@@ -10,6 +10,10 @@ import type { CheckpointIOShape } from "../../src/CheckpointIO.ts"
 
 export interface FakeTrainer extends Callback.TrainerState {
   stage: Callback.Stage
+  shouldStop: boolean
+  sanityChecking: boolean
+  batchIdx: number
+  loggedMetrics: Map<string, number>
   currentEpoch: number
   globalStep: number
   callbackMetrics: Map<string, number>
@@ -35,7 +39,9 @@ export const fakeTrainer = (
     checkpointIO: io,
     sanityChecking: false,
     shouldStop: false,
-    stop: () => {},
+    stop: () => {
+      fake.shouldStop = true
+    },
     saveCheckpoint: (path, options) =>
       Effect.suspend(() => {
         const callbacks: Record<string, ReturnType<NonNullable<Callback.Callback["stateDict"]>>> = {}
