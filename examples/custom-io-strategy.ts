@@ -62,7 +62,7 @@ const data = irisData()
 const program = Effect.gen(function*() {
   const trainer = yield* Trainer.Trainer
   // The Trainer took its storage from the strategy.
-  console.log(`strategy has a custom CheckpointIO: ${trainer.strategy.hasCustomCheckpointIO}`)
+  console.log(`strategy has a custom CheckpointIO: ${trainer.strategy.checkpointIO !== undefined}`)
   console.log(`the Trainer uses the strategy's: ${trainer.checkpointIO === trainer.strategy.checkpointIO}`)
 
   yield* trainer.fit(iris, data)

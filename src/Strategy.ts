@@ -16,7 +16,6 @@ import { Context, Data, Effect, Layer } from "effect"
 import { type HostTensor, modelPrefix, optimizerPrefix } from "./Checkpoint.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
 import { Device, type DeviceError, type DeviceShape } from "./Device.ts"
-import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 
 /** A strategy was configured in a way that can never work. */
 export class StrategyConfigError extends Data.TaggedError("StrategyConfigError")<{
@@ -60,10 +59,13 @@ export interface StepOptions {
 export interface StrategyShape {
   readonly name: string
   readonly device: DeviceShape
-  /** The strategy's storage: the custom one it was given, or the default file store. */
-  readonly checkpointIO: CheckpointIOShape
-  /** Whether a custom `CheckpointIO` was given to this strategy. */
-  readonly hasCustomCheckpointIO: boolean
+  /**
+   * The `CheckpointIO` given to this strategy (Lightning's
+   * `Strategy(checkpoint_io=...)`), if any. The Trainer decides which store a run
+   * uses (see `Trainer.resolveCheckpointIO`); a strategy without one leaves the
+   * choice to the Trainer's plugins, the context or the default file store.
+   */
+  readonly checkpointIO: CheckpointIOShape | undefined
   /** Whether it accepts a custom `CheckpointIO` at all (from itself or the Trainer). */
   readonly acceptsCustomCheckpointIO: boolean
   /**
@@ -238,12 +240,11 @@ export interface MakeOptions {
 
 /**
  * Builds a strategy on the `Device` in context. `custom` is the CheckpointIO the
- * strategy was given, if any; without one it uses the default file store.
+ * strategy was given, if any (refused by a strategy that owns its checkpoint logic).
  */
 export const make = (
   options: MakeOptions,
-  custom: CheckpointIOShape | undefined,
-  fallback: CheckpointIOShape
+  custom?: CheckpointIOShape | undefined
 ): Effect.Effect<StrategyShape, StrategyConfigError, Device> =>
   Effect.gen(function*() {
     const device = yield* Device
@@ -257,8 +258,7 @@ export const make = (
     return {
       name: options.name,
       device,
-      checkpointIO: custom ?? fallback,
-      hasCustomCheckpointIO: custom !== undefined,
+      checkpointIO: custom,
       acceptsCustomCheckpointIO: accepts,
       trainingStep: trainingStep(device),
       stage: stage(device),
@@ -267,8 +267,10 @@ export const make = (
   })
 
 /**
- * A strategy layer. With `checkpointIO`, that Layer provides the strategy's storage
- * (Lightning's `Strategy(checkpoint_io=...)`); without, the default file store.
+ * A strategy layer on the `Device` in context. With `checkpointIO`, that Layer
+ * provides the strategy's storage (Lightning's `Strategy(checkpoint_io=...)`), built
+ * in the layer's own context (so `AsyncCheckpointIO.layer()` there wraps the
+ * CheckpointIO in context); without, the Trainer chooses the store.
  */
 export const layer = <E = never, R = never>(
   options: MakeOptions & { readonly checkpointIO?: Layer.Layer<CheckpointIO, E, R> | undefined }
@@ -276,11 +278,10 @@ export const layer = <E = never, R = never>(
   Layer.effect(
     Strategy,
     Effect.gen(function*() {
-      const fallback = yield* Effect.map(Layer.build(FileCheckpointIO.layerNode), (ctx) => Context.get(ctx, CheckpointIO))
       const custom = options.checkpointIO === undefined
         ? undefined
         : yield* Effect.map(Layer.build(options.checkpointIO), (ctx) => Context.get(ctx, CheckpointIO))
-      return yield* make(options, custom, fallback)
+      return yield* make(options, custom)
     })
   )
 

@@ -6,8 +6,9 @@
  * `Strategy` runs each step on the `Device` and stages state for checkpoints; the
  * `CheckpointIO` stores them. Which CheckpointIO: the one given to the Trainer
  * (`plugins.checkpointIO`, Lightning's `Trainer(plugins=[...])`), or the one given to
- * the Strategy, or the default file store; both at once is a
- * `TrainerConfigError` when the layer is built.
+ * the Strategy, or the one provided in the program's context, or the default file
+ * store on the `FileSystem` in context (`checkpointIOSource`); plugins and strategy
+ * both at once is a `TrainerConfigError` when the layer is built.
  *
  * Loop order (Lightning's): setup → onFitStart → sanity-check validation →
  * onTrainStart → per epoch: onTrainEpochStart → per batch: onTrainBatchStart, step,
@@ -28,6 +29,7 @@ import * as Callback from "./Callback.ts"
 import { type HostTensor, make as makeCheckpoint } from "./Checkpoint.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
 import * as CsvLogger from "./CsvLogger.ts"
+import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 import type { DataError, DataModule } from "./DataModule.ts"
 import type { DeviceError } from "./Device.ts"
 import * as ProgressBar from "./ProgressBar.ts"
@@ -186,6 +188,84 @@ interface Built<M extends tf.LayersModel> {
 
 const toJson = (value: unknown): Json => JSON.parse(JSON.stringify(value ?? null)) as Json
 
+/** Where the store of a run comes from, in order of precedence. */
+export type CheckpointIOSource = "plugins" | "strategy" | "context" | "default"
+
+/**
+ * The CheckpointIO precedence, as a pure decision (documented in docs/concepts.md):
+ *
+ * 1. the Trainer's `plugins.checkpointIO`; refused when the strategy has its own too
+ *    (Lightning's rule) or owns its checkpoint logic;
+ * 2. the strategy's own (`Strategy.singleDevice({ checkpointIO })`);
+ * 3. a `CheckpointIO` provided in the program's context;
+ * 4. the default file store, on the `FileSystem` in context.
+ *
+ * `shadowed` is true when a store in context is not the one chosen: the Trainer logs
+ * a warning then, so that a provided service is never ignored silently.
+ */
+export const checkpointIOSource = (given: {
+  readonly plugins: boolean
+  readonly strategy: boolean
+  readonly strategyAccepts: boolean
+  readonly strategyName: string
+  readonly context: boolean
+}): Result.Result<{ readonly source: CheckpointIOSource; readonly shadowed: boolean }, TrainerConfigError> => {
+  if (given.plugins && given.strategy) {
+    return Result.fail(
+      new TrainerConfigError({
+        reason: `a CheckpointIO was given both to the Trainer (plugins) and to the strategy ${given.strategyName}; give it to one`
+      })
+    )
+  }
+  if (given.plugins && !given.strategyAccepts) {
+    return Result.fail(
+      new TrainerConfigError({
+        reason: `the strategy ${given.strategyName} owns its checkpoint logic and accepts no custom CheckpointIO`
+      })
+    )
+  }
+  const source: CheckpointIOSource = given.plugins
+    ? "plugins"
+    : given.strategy
+    ? "strategy"
+    : given.context
+    ? "context"
+    : "default"
+  return Result.succeed({ source, shadowed: given.context && (source === "plugins" || source === "strategy") })
+}
+
+/** Builds the store `checkpointIOSource` chose, logging a shadowed store in context. */
+const chooseCheckpointIO = <E, R>(strategy: StrategyShape, plugin: Layer.Layer<CheckpointIO, E, R> | undefined) =>
+  Effect.gen(function*() {
+    const inContext = yield* Effect.serviceOption(CheckpointIO)
+    const decision = checkpointIOSource({
+      plugins: plugin !== undefined,
+      strategy: strategy.checkpointIO !== undefined,
+      strategyAccepts: strategy.acceptsCustomCheckpointIO,
+      strategyName: strategy.name,
+      context: Option.isSome(inContext)
+    })
+    if (Result.isFailure(decision)) return yield* decision.failure
+    const { source, shadowed } = decision.success
+    // The plugin's layer is built in this context: a layer that takes its base store
+    // from context (AsyncCheckpointIO.layer()) wraps the one provided there.
+    const io: CheckpointIOShape = source === "plugins"
+      ? Context.get(yield* Layer.build(plugin!), CheckpointIO)
+      : source === "strategy"
+      ? strategy.checkpointIO!
+      : Option.isSome(inContext)
+      ? inContext.value
+      : yield* FileCheckpointIO.make
+    if (shadowed && Option.isSome(inContext) && io !== inContext.value) {
+      yield* Effect.logWarning(
+        `Trainer: checkpoints go to the CheckpointIO of ${
+          source === "plugins" ? "plugins.checkpointIO" : `the strategy ${strategy.name}`
+        }, not to the CheckpointIO provided in context (a layer built from context, such as AsyncCheckpointIO.layer(), may wrap it)`
+      )
+    }
+    return io
+  })
+
 /** Builds the Trainer on the `Strategy` in context. */
 export const make = <E = never, R = never>(
   options: TrainerOptions<E, R> = {}
@@ -195,23 +275,7 @@ export const make = <E = never, R = never>(
     const device = strategy.device
     const tfjs = device.tf
 
-    // CheckpointIO resolution, as Lightning does it, checked before anything runs.
-    let checkpointIO = strategy.checkpointIO
-    const plugin = options.plugins?.checkpointIO
-    if (plugin !== undefined) {
-      if (strategy.hasCustomCheckpointIO) {
-        return yield* new TrainerConfigError({
-          reason: `a CheckpointIO was given both to the Trainer (plugins) and to the strategy ${strategy.name}; give it to one`
-        })
-      }
-      if (!strategy.acceptsCustomCheckpointIO) {
-        return yield* new TrainerConfigError({
-          reason: `the strategy ${strategy.name} owns its checkpoint logic and accepts no custom CheckpointIO`
-        })
-      }
-      checkpointIO = Context.get(yield* Layer.build(plugin), CheckpointIO)
-    }
-
+    const checkpointIO = yield* chooseCheckpointIO(strategy, options.plugins?.checkpointIO)
     const maxSteps = options.maxSteps ?? -1
     const maxEpochs = options.maxEpochs ?? (maxSteps === -1 ? 1000 : Number.MAX_SAFE_INTEGER)
     const defaultRootDir = options.defaultRootDir ?? "runs"

@@ -226,7 +226,7 @@ describe("Trainer", () => {
       const custom = countingIO()
       return Effect.gen(function*() {
         const trainer = yield* Trainer.Trainer
-        assert.isTrue(trainer.strategy.hasCustomCheckpointIO)
+        assert.isDefined(trainer.strategy.checkpointIO)
         yield* trainer.fit(irisClassifier(), irisData())
         yield* trainer.saveCheckpoint("/ckpt/a.ckpt")
         assert.strictEqual(custom.counts.save, 1)
