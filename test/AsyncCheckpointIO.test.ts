@@ -6,7 +6,8 @@ import * as Checkpoint from "../src/Checkpoint.ts"
 import { CheckpointIO, type CheckpointIOError, CheckpointStorageError, type CheckpointIOShape } from "../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
-import { assertSameTensors, checkpointIOSuite, RawStore } from "./support/CheckpointIOSuite.ts"
+import { CheckpointIOSuite } from "../src/testing/index.ts"
+import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
 import { floats, sample } from "./support/checkpoints.ts"
 import { seeded } from "./support/random.ts"
 
@@ -324,42 +325,16 @@ describe("AsyncCheckpointIO", () => {
     }).pipe(Effect.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer))))
 })
 
-// The foundation's behavioural suite, through AsyncCheckpointIO, over both stores.
-checkpointIOSuite("AsyncCheckpointIO over MemoryCheckpointIO", () =>
-  Layer.effect(
-    RawStore,
-    Effect.gen(function*() {
-      const { files } = yield* MemoryCheckpointIO.MemoryStore
-      const async = yield* CheckpointIO
-      return {
-        root: "/checkpoints",
-        read: (path: string) => Effect.sync(() => files.get(MemoryCheckpointIO.normalize(path))?.bytes.slice() ?? new Uint8Array(0)),
-        write: (path: string, bytes: Uint8Array) =>
-          Effect.sync(() => void files.set(MemoryCheckpointIO.normalize(path), { bytes: bytes.slice(), modifiedAt: 0 })),
-        settle: Effect.orDie(async.flush)
-      }
-    })
-  ).pipe(
-    Layer.provideMerge(AsyncCheckpointIO.layer().pipe(Layer.provide(Layer.effect(CheckpointIO, MemoryCheckpointIO.make)))),
+// The conformance suite, through AsyncCheckpointIO, over both stores.
+CheckpointIOSuite.run("AsyncCheckpointIO over MemoryCheckpointIO", () =>
+  CheckpointIOSuite.layerRawMemory.pipe(
+    Layer.provideMerge(AsyncCheckpointIO.layer().pipe(Layer.provide(MemoryCheckpointIO.layerFromStore))),
     Layer.provideMerge(MemoryCheckpointIO.MemoryStore.layer),
     Layer.orDie
   ))
 
-checkpointIOSuite("AsyncCheckpointIO over FileCheckpointIO", () =>
-  Layer.effect(
-    RawStore,
-    Effect.gen(function*() {
-      const fs = yield* FileSystem.FileSystem
-      const async = yield* CheckpointIO
-      const root = yield* fs.makeTempDirectoryScoped({ prefix: "async-suite-" })
-      return {
-        root,
-        read: (path: string) => Effect.orDie(Effect.map(fs.readFile(path), (b) => new Uint8Array(b))),
-        write: (path: string, bytes: Uint8Array) => Effect.orDie(fs.writeFile(path, bytes)),
-        settle: Effect.orDie(async.flush)
-      }
-    })
-  ).pipe(
+CheckpointIOSuite.run("AsyncCheckpointIO over FileCheckpointIO", () =>
+  CheckpointIOSuite.layerRawFileSystem.pipe(
     Layer.provideMerge(AsyncCheckpointIO.layer().pipe(Layer.provide(FileCheckpointIO.layer))),
     Layer.provideMerge(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)),
     Layer.orDie

@@ -5,7 +5,7 @@ import { CheckpointIO } from "../src/CheckpointIO.ts"
 import { FaultInjector, type FaultCode, type FaultPoint } from "../src/FaultyFileSystem.ts"
 import * as FaultyFileSystem from "../src/FaultyFileSystem.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
-import { assertSameTensors } from "./support/CheckpointIOSuite.ts"
+import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
 import { sample } from "./support/checkpoints.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)

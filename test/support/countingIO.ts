@@ -1,21 +1,14 @@
-import { Effect, Layer } from "effect"
-import { CheckpointIO, type CheckpointIOShape } from "../../src/CheckpointIO.ts"
+import { Layer } from "effect"
+import type { Operation } from "../../src/CheckpointIO.ts"
 import * as MemoryCheckpointIO from "../../src/MemoryCheckpointIO.ts"
+import { RecordingCheckpointIO } from "../../src/testing/index.ts"
 
-/** A memory store that counts its calls, for checking which CheckpointIO is used and how. */
+/** A fresh memory store that counts its calls, for checking which CheckpointIO is used and how. */
 export const countingIO = () => {
-  const counts = { save: 0, load: 0, remove: 0, copy: 0, exists: 0, list: 0 }
-  const layer = Layer.effect(
-    CheckpointIO,
-    Effect.map(MemoryCheckpointIO.make, (io): CheckpointIOShape => ({
-      ...io,
-      save: (c, p, o) => Effect.suspend(() => (counts.save++, io.save(c, p, o))),
-      load: (p, o) => Effect.suspend(() => (counts.load++, io.load(p, o))),
-      remove: (p) => Effect.suspend(() => (counts.remove++, io.remove(p))),
-      copy: (s, t) => Effect.suspend(() => (counts.copy++, io.copy(s, t))),
-      exists: (p) => Effect.suspend(() => (counts.exists++, io.exists(p))),
-      list: (d) => Effect.suspend(() => (counts.list++, io.list(d)))
-    }))
-  ).pipe(Layer.provide(MemoryCheckpointIO.MemoryStore.layer))
-  return { counts, layer }
+  const recording = RecordingCheckpointIO.make()
+  const counts = {} as Record<Exclude<Operation, "flush">, number>
+  for (const op of ["save", "load", "remove", "copy", "exists", "list"] as const) {
+    Object.defineProperty(counts, op, { get: () => RecordingCheckpointIO.counts(recording.calls)[op], enumerable: true })
+  }
+  return { counts, calls: recording.calls, layer: recording.layer.pipe(Layer.provide(MemoryCheckpointIO.layerWithStore)) }
 }

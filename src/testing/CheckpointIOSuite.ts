@@ -1,29 +1,168 @@
 /**
- * The behavioural suite every CheckpointIO must pass. A harness gives the IO under
- * test plus raw access to the stored bytes (`RawStore`), so the same corruption
- * cases run against the file store, the memory store and any wrapper.
+ * The conformance suite every `CheckpointIO` must pass, for `@effect/vitest`: the
+ * same tests the built-in stores run (round trips of every dtype, replace, weights
+ * only, dtype policies, exists/list/remove, copy, invalid input, the safetensors
+ * layout byte for byte, foreign files, truncation at any offset, a flipped bit
+ * anywhere, malformed headers).
+ *
+ * A store under test comes with a `RawStore`: raw access to the bytes it holds under
+ * a path, so that the corruption cases can damage a stored checkpoint the way a disk
+ * or a network would. `layerRawFileSystem` serves stores that keep files on the
+ * `FileSystem` in context, `layerRawMemory` the memory store; write your own for
+ * anything else (a bucket, a database).
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import { NodeServices } from "@effect/platform-node"
+ * import { CheckpointIOSuite } from "effect-trainer/testing"
+ *
+ * CheckpointIOSuite.run("MyCheckpointIO", () =>
+ *   CheckpointIOSuite.layerRawFileSystem.pipe(
+ *     Layer.provideMerge(MyCheckpointIO.layer),
+ *     Layer.provideMerge(NodeServices.layer),
+ *     Layer.orDie
+ *   ))
+ * ```
+ *
+ * Needs `vitest` and `@effect/vitest` (optional peer dependencies of this package).
+ *
+ * @since 0.2.0
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Option } from "effect"
-import * as Checkpoint from "../../src/Checkpoint.ts"
-import { CheckpointIO } from "../../src/CheckpointIO.ts"
-import { sample } from "./checkpoints.ts"
+import { Context, Effect, FileSystem, Layer, Option, type PlatformError } from "effect"
+import * as Checkpoint from "../Checkpoint.ts"
+import type { HostTensor } from "../Checkpoint.ts"
+import { CheckpointIO } from "../CheckpointIO.ts"
+import * as MemoryCheckpointIO from "../MemoryCheckpointIO.ts"
+import * as Random from "../Random.ts"
 
-/** Raw access to what a store holds, for tampering in tests. */
+/**
+ * Raw access to what a store holds, for tampering in tests.
+ *
+ * @since 0.2.0
+ */
 export class RawStore extends Context.Service<RawStore, {
+  /** A directory (or key prefix) the tests may use, empty at the start. */
   readonly root: string
+  /** The bytes stored under `path`, as a copy. */
   readonly read: (path: string) => Effect.Effect<Uint8Array>
+  /** Replaces the bytes under `path`, bypassing the store. */
   readonly write: (path: string, bytes: Uint8Array) => Effect.Effect<void>
   /** Makes committed work visible to `read` (a flush for asynchronous stores). */
   readonly settle: Effect.Effect<void>
-}>()("test/RawStore") {}
+}>()("effect-trainer/testing/RawStore") {}
 
-export const bytesOf = (t: Checkpoint.HostTensor) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)
+/**
+ * `RawStore` for a store that keeps its checkpoints as files on the `FileSystem` in
+ * context: a fresh temporary directory per test, `settle` is the store's `flush`.
+ *
+ * @since 0.2.0
+ */
+export const layerRawFileSystem: Layer.Layer<RawStore, PlatformError.PlatformError, FileSystem.FileSystem | CheckpointIO> = Layer
+  .effect(
+    RawStore,
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const io = yield* CheckpointIO
+      const root = yield* fs.makeTempDirectoryScoped({ prefix: "ckpt-suite-" })
+      return {
+        root,
+        // A plain copy: Node's Buffer.slice() would share memory with the file's bytes.
+        read: (path: string) => Effect.orDie(Effect.map(fs.readFile(path), (bytes) => new Uint8Array(bytes))),
+        write: (path: string, bytes: Uint8Array) => Effect.orDie(fs.writeFile(path, bytes)),
+        settle: Effect.orDie(io.flush)
+      }
+    })
+  )
 
+/**
+ * `RawStore` over the `MemoryStore` in context (`MemoryCheckpointIO.layerWithStore`,
+ * or a wrapper over `MemoryCheckpointIO.layerFromStore`); `settle` is the store's `flush`.
+ *
+ * @since 0.2.0
+ */
+export const layerRawMemory: Layer.Layer<RawStore, never, MemoryCheckpointIO.MemoryStore | CheckpointIO> = Layer.effect(
+  RawStore,
+  Effect.gen(function*() {
+    const { files } = yield* MemoryCheckpointIO.MemoryStore
+    const io = yield* CheckpointIO
+    return {
+      root: "/checkpoints",
+      read: (path: string) => Effect.sync(() => files.get(MemoryCheckpointIO.normalize(path))?.bytes.slice() ?? new Uint8Array(0)),
+      write: (path: string, bytes: Uint8Array) =>
+        Effect.sync(() => void files.set(MemoryCheckpointIO.normalize(path), { bytes: bytes.slice(), modifiedAt: 0 })),
+      settle: Effect.orDie(io.flush)
+    }
+  })
+)
+
+/**
+ * A tensor of every dtype, including an empty one and a scalar, filled from a seed.
+ *
+ * @since 0.2.0
+ */
+export const everyDType = (seed: number): Record<string, HostTensor> => {
+  let state = seed >>> 0
+  const byte = () => {
+    const [s, r] = Random.next(state)
+    state = s
+    return Math.floor(r * 256)
+  }
+  const out: Record<string, HostTensor> = {}
+  for (const dtype of Checkpoint.DTypes) {
+    const shape = [2, 3]
+    const C = Checkpoint.arrayConstructor[dtype]
+    const data = new C(6)
+    const bytes = new Uint8Array(data.buffer)
+    for (let i = 0; i < bytes.length; i++) bytes[i] = byte()
+    if (dtype === "BOOL") (data as Uint8Array).forEach((v, i, a) => (a[i] = v & 1))
+    out[`model/${dtype.toLowerCase()}`] = { dtype, shape, data } as HostTensor
+  }
+  out["model/scalar"] = Checkpoint.tensor("F32", [], Float32Array.of(3.5))
+  out["model/empty"] = Checkpoint.tensor("F32", [3, 0], new Float32Array(0))
+  out["optimizer/iter"] = Checkpoint.tensor("I32", [], Int32Array.of(7))
+  out["optimizer/model/f32/m"] = Checkpoint.tensor("F32", [2, 3], Float32Array.from([1, 2, 3, 4, 5, 6]))
+  return out
+}
+
+/**
+ * A small but complete checkpoint: every dtype, meta and extra metadata.
+ *
+ * @since 0.2.0
+ */
+export const sample = (seed = 1): Checkpoint.Checkpoint =>
+  Checkpoint.make({
+    tensors: everyDType(seed),
+    meta: {
+      epoch: 2,
+      globalStep: 40,
+      loops: { fit: { batchesSeen: 40, position: { epoch: 2, batch: 0 } } },
+      callbacks: { "ModelCheckpoint{monitor=val_loss}": { bestModelScore: 0.25 } },
+      optimizer: { className: "Adam", config: { learningRate: 0.001, beta1: 0.9 } },
+      hyperParameters: { hidden: 128, lr: 0.001 },
+      user: { note: "hello" }
+    },
+    extraMetadata: { source: "test" }
+  })
+
+/**
+ * The bytes of a tensor's data, as a view.
+ *
+ * @since 0.2.0
+ */
+export const bytesOf = (t: HostTensor): Uint8Array => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)
+
+/**
+ * Asserts that two tensor records hold the same names, dtypes, shapes, array types
+ * and bytes.
+ *
+ * @since 0.2.0
+ */
 export const assertSameTensors = (
-  actual: Readonly<Record<string, Checkpoint.HostTensor>>,
-  expected: Readonly<Record<string, Checkpoint.HostTensor>>
-) => {
+  actual: Readonly<Record<string, HostTensor>>,
+  expected: Readonly<Record<string, HostTensor>>
+): void => {
   assert.deepStrictEqual(Object.keys(actual).sort(), Object.keys(expected).sort())
   for (const name of Object.keys(expected)) {
     const a = actual[name]!
@@ -35,7 +174,11 @@ export const assertSameTensors = (
   }
 }
 
-/** A safetensors file built by hand, the way another writer would (no checksums). */
+/**
+ * A safetensors file built by hand, the way another writer would (no checksums).
+ *
+ * @since 0.2.0
+ */
 export const foreignFile = (header: Record<string, unknown>, data: Uint8Array, pad = true): Uint8Array => {
   const json = new TextEncoder().encode(JSON.stringify(header))
   const length = pad ? Math.ceil(json.length / 8) * 8 : json.length
@@ -61,7 +204,13 @@ const expectError = <A, E extends { readonly _tag: string }, R>(
     return result._tag === "Failure" ? result.failure : undefined
   })
 
-export const checkpointIOSuite = (name: string, makeLayer: () => Layer.Layer<CheckpointIO | RawStore>) =>
+/**
+ * Registers the suite (a `describe` block of `it.effect` tests) for the store that
+ * `makeLayer` provides, with its `RawStore`; a fresh layer per test.
+ *
+ * @since 0.2.0
+ */
+export const run = (name: string, makeLayer: () => Layer.Layer<CheckpointIO | RawStore>): void => {
   describe(`CheckpointIO behaviour: ${name}`, () => {
     const test = (title: string, body: Effect.Effect<void, unknown, CheckpointIO | RawStore>) =>
       it.effect(title, () => body.pipe(Effect.provide(makeLayer())))
@@ -328,3 +477,4 @@ export const checkpointIOSuite = (name: string, makeLayer: () => Layer.Layer<Che
       }
     }))
   })
+}
