@@ -428,7 +428,11 @@ export const readLayout = <E>(source: ByteSource<E>, path: string): Effect.Effec
     if (metadata[headerCrcKey] !== undefined) {
       const at = headerCrcPosition(headerBytes)
       const stored = at < 0 ? "" : new TextDecoder().decode(headerBytes.subarray(at, at + 8))
-      if (at < 0 || stored !== metadata[headerCrcKey] || parseInt(stored, 16) !== headerCrc(headerBytes, at)) {
+      // Lowercase hex only, as written: `parseInt` would read "A" and "a" alike.
+      if (
+        at < 0 || stored !== metadata[headerCrcKey] || !/^[0-9a-f]{8}$/.test(stored) ||
+        parseInt(stored, 16) !== headerCrc(headerBytes, at)
+      ) {
         return yield* corrupt(`header fails its checksum (${headerCrcKey})`)
       }
     } else if (metadata[formatKey] !== undefined) {
