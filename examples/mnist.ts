@@ -9,7 +9,8 @@
  *   npm start -- --ckpt-path last --max-epochs 5      # continue where the last run stopped
  *
  * Ctrl-C stops it cleanly: a checkpoint of the moment is saved, pending saves are
- * flushed, and it exits with code 130.
+ * flushed, and it exits with code 130. SIGTERM (a scheduler stopping the job) and
+ * SIGHUP (the terminal closed) do the same.
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import type * as tf from "@tensorflow/tfjs"
@@ -146,6 +147,11 @@ const command = Command.make("effect-trainer-mnist", {
     yield* program.pipe(Effect.provide(layers))
   })
 })
+
+// runMain turns SIGINT and SIGTERM into an interruption (exception checkpoint, flush of
+// the background saves); SIGHUP's default would kill the job without either, so it is
+// handled as SIGTERM.
+process.on("SIGHUP", () => process.kill(process.pid, "SIGTERM"))
 
 NodeRuntime.runMain(
   Command.run(command, { version: libraryVersion }).pipe(Effect.provide(NodeServices.layer))

@@ -20,11 +20,13 @@ import { libraryVersion } from "./version.ts"
 /**
  * Element types a checkpoint can hold: every dtype of the safetensors format that has
  * a JavaScript typed array. `F16` and `BF16` are kept as raw 16-bit patterns in a
- * `Uint16Array`; `BOOL` is one byte per element (0 or 1) in a `Uint8Array`.
+ * `Uint16Array`; `BOOL` is one byte per element (0 or 1) in a `Uint8Array`; the 8-bit
+ * floats `F8_E4M3` (torch's `float8_e4m3fn`) and `F8_E5M2` are raw bytes in a
+ * `Uint8Array`.
  * TensorFlow.js itself only computes in `F32`, `I32` and `BOOL`; see
  * `LoadOptions.dtypes` for converting the others on load.
  */
-export const DTypes = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"] as const
+export const DTypes = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2"] as const
 
 export type DType = typeof DTypes[number]
 
@@ -45,6 +47,8 @@ export interface TypedArrayOf {
   readonly U16: Uint16Array
   readonly U8: Uint8Array
   readonly BOOL: Uint8Array
+  readonly F8_E4M3: Uint8Array
+  readonly F8_E5M2: Uint8Array
 }
 
 export type TensorData = TypedArrayOf[DType]
@@ -69,7 +73,9 @@ export const arrayConstructor: { readonly [D in DType]: TypedArrayConstructor } 
   U32: Uint32Array,
   U16: Uint16Array,
   U8: Uint8Array,
-  BOOL: Uint8Array
+  BOOL: Uint8Array,
+  F8_E4M3: Uint8Array,
+  F8_E5M2: Uint8Array
 }
 
 /** Bytes per element of a dtype. */

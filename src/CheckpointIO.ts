@@ -86,11 +86,30 @@ export class BackgroundSaveFailed extends Data.TaggedError("BackgroundSaveFailed
   }
 }
 
+/**
+ * Loading `path` would take more memory than the store allows (`bytes` of tensors
+ * against a bound of `limit`), or the allocation itself failed. Refused before any
+ * tensor memory is allocated; the file itself may be valid (load it where there is
+ * more memory, or raise the store's bound).
+ */
+export class CheckpointTooLarge extends Data.TaggedError("CheckpointTooLarge")<{
+  readonly operation: Operation
+  readonly path: string
+  readonly bytes: number
+  readonly limit: number
+  readonly reason: string
+}> {
+  override get message(): string {
+    return `${this.operation} ${this.path}: ${this.reason}`
+  }
+}
+
 export type CheckpointIOError =
   | CheckpointNotFound
   | CheckpointCorrupt
   | CheckpointStorageError
   | CheckpointInvalidArgument
+  | CheckpointTooLarge
   | BackgroundSaveFailed
 
 export interface SaveOptions {

@@ -14,13 +14,13 @@
  * When new metrics appear (validation metrics after the first validation), the file
  * gets the union of the columns and earlier rows get empty cells, like Lightning.
  *
- * Rows are buffered in memory and the file is written every `flushEvery` rows, on
- * `onFitEnd`, `teardown` and `onException`, so logging a step costs no I/O. Every
- * write replaces the whole file atomically (a temporary file in the same directory,
- * fsynced, renamed over `metrics.csv`): a reader or a crash sees the previous
- * complete file or the new one, never half a row. The price is that each flush
- * rewrites the whole file: fine for the CSV sizes of a training run (a row is ~50
- * bytes), but pick a larger `flushEvery` for runs of millions of steps.
+ * Rows are buffered in memory and written every `flushEvery` rows, on `onFitEnd`,
+ * `teardown` and `onException`, so logging a step costs no I/O. A flush appends the
+ * new rows (and fsyncs), so the bytes written over a run are the size of the file.
+ * Only when the columns change (or at the first write) is the whole file rewritten,
+ * atomically (a temporary file in the same directory, fsynced, renamed over
+ * `metrics.csv`). A crash during an append can leave a partial last row; a reader
+ * never sees earlier rows change except at a column change.
  *
  * The version directory is chosen at the first `setup` (the default `saveDir` is
  * the Trainer's `defaultRootDir`, known only then): the version given, or the next
@@ -101,6 +101,10 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
   let body = ""
   /** Rows not yet in the file. */
   let pending = 0
+  /** Those rows, serialised for `columns` (what an append writes). */
+  let pendingText = ""
+  /** The file holds a header for `columns` and every row before `pending`: appends suffice. */
+  let appendable = false
   /** The run failed: later flushes are best effort, so they never hide that failure. */
   let crashed = false
 
@@ -162,6 +166,9 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
       return [cells[0], cells[1], ...from.map((i) => i < 0 ? "" : cells[i + 2])].join(",") + "\n"
     }).join("")
     columns = next
+    // The header changed: the next flush rewrites the whole file.
+    appendable = false
+    pendingText = ""
   }
 
   const addRow = (trainer: TrainerState) => {
@@ -173,7 +180,9 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
       const value = metrics.get(column)
       return value === undefined ? "" : String(value)
     })
-    body += [String(trainer.currentEpoch), String(trainer.globalStep), ...cells].join(",") + "\n"
+    const row = [String(trainer.currentEpoch), String(trainer.globalStep), ...cells].join(",") + "\n"
+    body += row
+    pendingText += row
     pending += 1
     return true
   }
@@ -196,13 +205,30 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
     )
   }
 
+  /** Appends `content` to `file` and fsyncs it. */
+  const appendFile = (file: string, content: string) =>
+    Effect.scoped(Effect.gen(function*() {
+      const handle = yield* fs.open(file, { flag: "a" })
+      yield* handle.writeAll(encoder.encode(content))
+      yield* handle.sync
+    })).pipe(Effect.uninterruptible, Effect.mapError(failure("cannot write", file)))
+
   const flush = Effect.fn("CsvLogger.flush")(function*(trainer: TrainerState) {
     if (pending === 0) return
     const dir = yield* ensureDirectory(trainer)
-    const header = ["epoch", "step", ...columns].map(csvField).join(",") + "\n"
+    const file = path.join(dir, metricsFileName)
     const written = pending
-    yield* replaceFile(path.join(dir, metricsFileName), header + body)
+    const text = pendingText
+    if (appendable) {
+      // A failed append may have written part of the rows: rewrite the file next time.
+      yield* appendFile(file, text).pipe(Effect.tapError(() => Effect.sync(() => void (appendable = false))))
+    } else {
+      const header = ["epoch", "step", ...columns].map(csvField).join(",") + "\n"
+      yield* replaceFile(file, header + body)
+      appendable = true
+    }
     pending -= written
+    pendingText = pendingText.slice(text.length)
   })
 
   /** After a failure of the run, a flush is best effort: its error is only logged. */

@@ -14,13 +14,25 @@
  * A failure or interruption at any step leaves no file under the final name and the
  * previous checkpoint intact (if the directory fsync fails after the rename, the
  * previous file is put back). Temporary files are named
- * `.<name>.<pid>.<random>.tmp-ckpt` and are never listed.
+ * `.<name hash>.<writer>.<pid>.<random>.tmp-ckpt` (at most ~50 bytes, whatever the
+ * checkpoint's name) and are never listed. `<writer>` identifies the host, boot and
+ * pid namespace of the process that wrote it, so that writers in other containers or
+ * on other hosts sharing the directory (whose pids mean nothing here) are told apart:
+ * a temporary file is swept when it is provably ours and dead (our writer identity,
+ * a pid that is not running, or our own pid but not in use), or when it has not been
+ * modified for `staleTemporaryAfter` (default 1 hour), whoever wrote it.
+ *
+ * Loading opens regular files only (a FIFO or a device is refused, never opened in a
+ * way that could block) and refuses a file whose tensors need more memory than
+ * `maxLoadBytes` with `CheckpointTooLarge` before allocating.
  *
  * @since 0.1.0
  */
-import { Effect, Exit, FileSystem, Layer, Option, Path, type PlatformError, type Scope } from "effect"
+import { Clock, Duration, Effect, Exit, FileSystem, Layer, Option, Path, type PlatformError, type Scope } from "effect"
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
-import { randomBytes } from "node:crypto"
+import { createHash, randomBytes } from "node:crypto"
+import { constants as fsConstants, promises as fsPromises, readFileSync, readlinkSync } from "node:fs"
+import { hostname, totalmem } from "node:os"
 import {
   CheckpointInvalidArgument,
   CheckpointIO,
@@ -40,22 +52,53 @@ const tempSuffix = ".tmp-ckpt"
 /** Is this directory entry a temporary file of an unfinished save? */
 export const isTemporaryName = (name: string): boolean => name.startsWith(".") && name.endsWith(tempSuffix)
 
-// Not Math.random: a seeded run replaces it inside its steps, and names must never
-// draw from (or depend on) that stream.
-const temporaryName = (base: string, pid: number): string =>
-  `.${base}.${pid}.${randomBytes(5).toString("hex")}${tempSuffix}`
+const hex8 = (text: string): string => createHash("sha256").update(text).digest("hex").slice(0, 8)
+
+const readOr = (read: () => string): string => {
+  try {
+    return read().trim()
+  } catch {
+    return ""
+  }
+}
 
 /**
- * Temporary names this process has in use. A temporary file of our own pid that is not
- * in here was left by an earlier process that had the same pid (a container's main
- * process is pid 1 in every run): stale.
+ * This process's writer identity in temporary names: 8 hex digits of a hash of the
+ * host name, the boot id and the pid namespace. Two processes with the same identity
+ * see each other's pids (same host, same boot, same namespace); any other writer's
+ * pid is meaningless here.
+ */
+export const writerIdentity: string = hex8(
+  [
+    hostname(),
+    readOr(() => readFileSync("/proc/sys/kernel/random/boot_id", "utf8")),
+    readOr(() => readlinkSync("/proc/self/ns/pid"))
+  ].join("\n")
+)
+
+// Not Math.random: a seeded run replaces it inside its steps, and names must never
+// draw from (or depend on) that stream. The checkpoint's name is hashed, so that the
+// temporary name is short whatever the name (a name of 255 bytes can be saved).
+const temporaryName = (base: string, identity: string, pid: number): string =>
+  `.${hex8(base)}.${identity}.${pid}.${randomBytes(5).toString("hex")}${tempSuffix}`
+
+/**
+ * Temporary names this process has in use. A temporary file of our own identity and
+ * pid that is not in here was left by an earlier process that had the same pid (a
+ * container's main process is pid 1 in every run): stale.
  */
 const inUse = new Set<string>()
 
-const ownerPid = (name: string): number | undefined => {
-  const match = /\.(\d+)\.[a-z0-9]+\.tmp-ckpt$/.exec(name)
-  return match ? Number(match[1]) : undefined
+/** The writer of a temporary file; `identity` is absent in names of older versions. */
+const temporaryOwner = (name: string): { readonly identity: string | undefined; readonly pid: number } | undefined => {
+  const current = /^\.[0-9a-f]{8}\.([0-9a-f]{8})\.(\d+)\.[0-9a-f]+\.tmp-ckpt$/.exec(name)
+  if (current) return { identity: current[1], pid: Number(current[2]) }
+  const legacy = /\.(\d+)\.[a-z0-9]+\.tmp-ckpt$/.exec(name)
+  return legacy ? { identity: undefined, pid: Number(legacy[1]) } : undefined
 }
+
+/** The longest file name (in UTF-8 bytes) that common file systems accept. */
+const maxNameBytes = 255
 
 const processIsAlive = (pid: number): boolean => {
   try {
@@ -70,33 +113,115 @@ const processIsAlive = (pid: number): boolean => {
 const isNotFound = (error: PlatformError.PlatformError): boolean =>
   error.reason._tag === "NotFound"
 
+/** Options of the file store. */
+export interface Options {
+  /**
+   * The most bytes of tensor memory one `load` may allocate; a checkpoint that needs
+   * more fails with `CheckpointTooLarge` before anything is allocated. Default: no
+   * bound but the file's size (`make`, `layer`), half of the machine's memory
+   * (`layerNode`). An allocation the runtime refuses is a `CheckpointTooLarge` either way.
+   */
+  readonly maxLoadBytes?: number | undefined
+  /**
+   * A temporary file not modified for this long is stale whoever wrote it (a writer
+   * on another host or in another container, whose pid cannot be checked from here;
+   * or a dead writer whose pid was reused). Default 1 hour: keep it above the time one
+   * save can spend between two writes (the final fsync of a huge file, say).
+   */
+  readonly staleTemporaryAfter?: Duration.Input | undefined
+  /** The writer identity in temporary names (default `writerIdentity`; for tests). */
+  readonly writerIdentity?: string | undefined
+}
+
+/** `layerNode`'s default `maxLoadBytes`: half of the machine's memory. */
+export const defaultNodeMaxLoadBytes = (): number => Math.floor(totalmem() / 2)
+
+type ReadOpener = (target: string) => Effect.Effect<SafeTensors.ByteSource<CheckpointIOError>, CheckpointIOError, Scope.Scope>
+
 /**
- * Builds the service over the `FileSystem` and `Path` in context.
+ * Opens a file for reading on Node with `O_NONBLOCK`: a FIFO, a device or a socket
+ * swapped in after any check can never block the open; `fstat` on the open file then
+ * refuses anything but a regular file.
  */
-export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> = Effect.gen(function*() {
+const nodeReadOpener: ReadOpener = (target) =>
+  Effect.gen(function*() {
+    const failed = (cause: unknown): CheckpointIOError =>
+      typeof cause === "object" && cause !== null && "code" in cause && cause.code === "ENOENT"
+        ? new CheckpointNotFound({ operation: "load", path: target })
+        : storageError("load", target)(cause)
+    const handle = yield* Effect.acquireRelease(
+      Effect.tryPromise({
+        try: () => fsPromises.open(target, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK),
+        catch: failed
+      }),
+      (h) => Effect.ignore(Effect.tryPromise(() => h.close()))
+    )
+    const info = yield* Effect.tryPromise({ try: () => handle.stat(), catch: failed })
+    if (!info.isFile()) {
+      return yield* new CheckpointInvalidArgument({ operation: "load", path: target, reason: "is not a regular file" })
+    }
+    return {
+      size: info.size,
+      read: (into, position) =>
+        Effect.tryPromise({
+          try: () => handle.read(into, 0, into.byteLength, position).then((r) => r.bytesRead),
+          catch: failed
+        })
+    }
+  })
+
+const makeInternal = (
+  options: Options,
+  readOpener: ReadOpener | undefined
+): Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> => Effect.gen(function*() {
   const fs = yield* FileSystem.FileSystem
   const path = yield* Path.Path
-  const cleanedDirectories = new Set<string>()
+  const identity = options.writerIdentity ?? writerIdentity
+  const staleAfterMillis = Duration.toMillis(Duration.fromInputUnsafe(options.staleTemporaryAfter ?? "1 hour"))
+  const limits: SafeTensors.ReadLimits = { maxBytes: options.maxLoadBytes }
+  /** When each directory was last swept (Clock milliseconds). */
+  const cleanedDirectories = new Map<string, number>()
 
   const fail = (operation: Operation, file: string) => (error: PlatformError.PlatformError) =>
     isNotFound(error)
       ? new CheckpointNotFound({ operation, path: file })
       : storageError(operation, file)(error)
 
-  /** Removes temporary files whose writer is gone; once per directory per layer. */
+  /** Is the temporary file `name` (modified at `modifiedAt`) stale at `now`? */
+  const isStale = (name: string, modifiedAt: number | undefined, now: number): boolean => {
+    if (inUse.has(name)) return false
+    const owner = temporaryOwner(name)
+    if (owner !== undefined && owner.identity === identity) {
+      // Our host, boot and pid namespace: the pid says whether its writer is gone.
+      if (owner.pid === process.pid || !processIsAlive(owner.pid)) return true
+    }
+    // Another writer's (its pid means nothing here), or a live pid that may have been
+    // reused: stale only once it has not been touched for the threshold.
+    return modifiedAt !== undefined && now - modifiedAt >= staleAfterMillis
+  }
+
+  /**
+   * Removes temporary files whose writer is gone (see `isStale`); once per directory
+   * per `staleTemporaryAfter`, so that a foreign file is swept once it is old enough.
+   */
   const cleanStaleTemporaries = (dir: string) =>
     Effect.gen(function*() {
-      if (cleanedDirectories.has(dir)) return
+      const now = yield* Clock.currentTimeMillis
+      const last = cleanedDirectories.get(dir)
+      if (last !== undefined && now - last < staleAfterMillis) return
       const names = yield* fs.readDirectory(dir)
       for (const name of names) {
-        const pid = ownerPid(name)
-        if (!isTemporaryName(name) || pid === undefined) continue
-        if (pid === process.pid ? inUse.has(name) : processIsAlive(pid)) continue
-        yield* fs.remove(path.join(dir, name), { force: true }).pipe(
-          Effect.tap(() => Effect.logDebug(`removed stale temporary checkpoint file ${path.join(dir, name)}`))
+        if (!isTemporaryName(name) || temporaryOwner(name) === undefined) continue
+        const full = path.join(dir, name)
+        const info = yield* fs.stat(full).pipe(Effect.option)
+        if (Option.isNone(info)) continue // gone meanwhile
+        const modifiedAt = Option.getOrUndefined(Option.map(info.value.mtime, (d) => d.getTime()))
+        if (!isStale(name, modifiedAt, now)) continue
+        yield* fs.remove(full, { force: true }).pipe(
+          Effect.tap(() => Effect.logDebug(`removed stale temporary checkpoint file ${full}`))
         )
       }
-      cleanedDirectories.add(dir)
+      cleanedDirectories.set(dir, now)
     }).pipe(
       // Cleaning is housekeeping: it never fails a save.
       Effect.catch((error) => Effect.logWarning(`could not clean temporary files in ${dir}: ${error.message}`))
@@ -134,6 +259,20 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
   const resolveTarget = (operation: Operation, file: string) =>
     Effect.as(checkPath(operation, file), path.resolve(file))
 
+  /** A name the file system would refuse can never be saved: say so up front. */
+  const checkNameLength = (operation: Operation, target: string) => {
+    const bytes = new TextEncoder().encode(path.basename(target)).byteLength
+    return bytes > maxNameBytes
+      ? Effect.fail(
+        new CheckpointInvalidArgument({
+          operation,
+          path: target,
+          reason: `the file name is ${bytes} bytes long, more than the ${maxNameBytes} bytes file systems accept`
+        })
+      )
+      : Effect.void
+  }
+
   /**
    * Commits `tmp` as `target`. If the directory fsync fails after the rename, the
    * previous checkpoint is put back (or, when there was none, the new name removed).
@@ -141,7 +280,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
   const commit = (tmp: string, target: string, dir: string, durable: boolean) =>
     Effect.gen(function*() {
       // A hard link keeps the previous checkpoint reachable until the new one is durable.
-      const backupName = temporaryName(path.basename(target), process.pid)
+      const backupName = temporaryName(path.basename(target), identity, process.pid)
       const backup = path.join(dir, backupName)
       inUse.add(backupName)
       const previous = yield* fs.link(target, backup).pipe(
@@ -165,12 +304,13 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
   const save: CheckpointIOShape["save"] = Effect.fn("FileCheckpointIO.save")(function*(checkpoint, file, options) {
     const target = yield* resolveTarget("save", file)
     yield* Effect.annotateCurrentSpan({ path: target })
+    yield* checkNameLength("save", target)
     const planned = yield* SafeTensors.plan(checkpoint, target)
     const durable = options?.durable ?? true
     const dir = path.dirname(target)
     yield* makeDirectories(dir, durable).pipe(Effect.mapError(storageError("save", target)))
     yield* cleanStaleTemporaries(dir)
-    const tmpName = temporaryName(path.basename(target), process.pid)
+    const tmpName = temporaryName(path.basename(target), identity, process.pid)
     const tmp = path.join(dir, tmpName)
     inUse.add(tmpName)
     yield* Effect.gen(function*() {
@@ -187,24 +327,31 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
     )
   })
 
-  const openForRead = (target: string): Effect.Effect<readonly [FileSystem.File, number], CheckpointIOError, Scope.Scope> =>
+  /**
+   * Opens a regular file for reading. Over a generic `FileSystem` (which has no
+   * non-blocking open): stat first, so that a FIFO or a device is refused without
+   * being opened, then fstat the open file, so that a swap in between is refused too
+   * (the Node layer opens with `O_NONBLOCK`, see `nodeReadOpener`).
+   */
+  const openForRead: ReadOpener = readOpener ?? ((target) =>
     Effect.gen(function*() {
+      const notAFile = (type: string) =>
+        new CheckpointInvalidArgument({ operation: "load", path: target, reason: `is a ${type}, not a regular file` })
+      const before = yield* fs.stat(target).pipe(Effect.mapError(fail("load", target)))
+      if (before.type !== "File") return yield* notAFile(before.type)
       const handle = yield* fs.open(target, { flag: "r" }).pipe(Effect.mapError(fail("load", target)))
       const info = yield* handle.stat.pipe(Effect.mapError(fail("load", target)))
-      if (info.type !== "File") {
-        return yield* new CheckpointInvalidArgument({ operation: "load", path: target, reason: `is a ${info.type}, not a file` })
-      }
-      return [handle, Number(info.size)] as const
-    })
+      if (info.type !== "File") return yield* notAFile(info.type)
+      const source = fileSource(handle, Number(info.size))
+      return { size: source.size, read: (into, position) => source.read(into, position).pipe(Effect.mapError(fail("load", target))) }
+    }))
 
   const load: CheckpointIOShape["load"] = Effect.fn("FileCheckpointIO.load")(function*(file, options) {
     const target = yield* resolveTarget("load", file)
     yield* Effect.annotateCurrentSpan({ path: target })
     return yield* Effect.scoped(Effect.gen(function*() {
-      const [handle, size] = yield* openForRead(target)
-      return yield* SafeTensors.read(fileSource(handle, size), target, options).pipe(
-        Effect.mapError((error) => "_tag" in error && error._tag === "PlatformError" ? fail("load", target)(error) : error)
-      )
+      const source = yield* openForRead(target)
+      return yield* SafeTensors.read(source, target, options, limits)
     }))
   })
 
@@ -217,9 +364,10 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
       return yield* new CheckpointInvalidArgument({ operation: "copy", path: from, reason: `is a ${info.type}, not a file` })
     }
     if (from === to) return
+    yield* checkNameLength("copy", to)
     const dir = path.dirname(to)
     yield* makeDirectories(dir, true).pipe(Effect.mapError(storageError("copy", to)))
-    const tmpName = temporaryName(path.basename(to), process.pid)
+    const tmpName = temporaryName(path.basename(to), identity, process.pid)
     const tmp = path.join(dir, tmpName)
     inUse.add(tmpName)
     yield* Effect.gen(function*() {
@@ -291,10 +439,33 @@ export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem
   return CheckpointIOMake({ save, load, remove, exists, list, copy })
 })
 
+/**
+ * Builds the service over the `FileSystem` and `Path` in context, with options.
+ */
+export const makeWith = (
+  options: Options = {}
+): Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> => makeInternal(options, undefined)
+
+/** The file store with default options (see `makeWith`). */
+export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> = makeWith()
+
 /** The file store over whatever `FileSystem` and `Path` the application provides. */
 export const layer: Layer.Layer<CheckpointIO, never, FileSystem.FileSystem | Path.Path> = Layer.effect(CheckpointIO, make)
 
-/** The file store on Node's file system. */
-export const layerNode: Layer.Layer<CheckpointIO> = layer.pipe(
-  Layer.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer))
-)
+/** `layer` with options (see `Options`). */
+export const layerWith = (options: Options): Layer.Layer<CheckpointIO, never, FileSystem.FileSystem | Path.Path> =>
+  Layer.effect(CheckpointIO, makeWith(options))
+
+/**
+ * The file store on Node's file system, with options. Reads open with `O_NONBLOCK`
+ * (a FIFO can never block a load); `maxLoadBytes` defaults to half of the machine's
+ * memory (`defaultNodeMaxLoadBytes`).
+ */
+export const layerNodeWith = (options: Options): Layer.Layer<CheckpointIO> =>
+  Layer.effect(
+    CheckpointIO,
+    makeInternal({ ...options, maxLoadBytes: options.maxLoadBytes ?? defaultNodeMaxLoadBytes() }, nodeReadOpener)
+  ).pipe(Layer.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)))
+
+/** The file store on Node's file system, with default options (see `layerNodeWith`). */
+export const layerNode: Layer.Layer<CheckpointIO> = layerNodeWith({})

@@ -36,6 +36,7 @@ import {
 import {
   CheckpointCorrupt,
   CheckpointInvalidArgument,
+  CheckpointTooLarge,
   type DTypePolicy,
   type LoadOptions
 } from "./CheckpointIO.ts"
@@ -427,7 +428,11 @@ export const readLayout = <E>(source: ByteSource<E>, path: string): Effect.Effec
     if (metadata[headerCrcKey] !== undefined) {
       const at = headerCrcPosition(headerBytes)
       const stored = at < 0 ? "" : new TextDecoder().decode(headerBytes.subarray(at, at + 8))
-      if (at < 0 || stored !== metadata[headerCrcKey] || parseInt(stored, 16) !== headerCrc(headerBytes, at)) {
+      // Lowercase hex only, as written: `parseInt` would read "A" and "a" alike.
+      if (
+        at < 0 || stored !== metadata[headerCrcKey] || !/^[0-9a-f]{8}$/.test(stored) ||
+        parseInt(stored, 16) !== headerCrc(headerBytes, at)
+      ) {
         return yield* corrupt(`header fails its checksum (${headerCrcKey})`)
       }
     } else if (metadata[formatKey] !== undefined) {
@@ -446,11 +451,10 @@ export const readLayout = <E>(source: ByteSource<E>, path: string): Effect.Effec
       }
       if (begin < expected) return yield* corrupt(`tensor "${name}" overlaps the previous tensor at byte ${begin}`)
       if (begin > expected) return yield* corrupt(`tensor "${name}" leaves a hole at bytes [${expected}, ${begin})`)
+      // Clamped, not stopped early: a zero anywhere in the shape (`[10, 0]`) still
+      // makes the count zero, and a huge shape cannot overflow.
       let count = 1
-      for (const d of entry.shape) {
-        count *= d
-        if (count > dataSize) break
-      }
+      for (const d of entry.shape) count = Math.min(count * d, dataSize + 1)
       const bytes = count * bytesPerElement(entry.dtype)
       if (bytes !== end - begin) {
         return yield* corrupt(
@@ -527,6 +531,19 @@ const f16ToF32 = (bits: number): number => {
   return sign * (1 + fraction / 1024) * 2 ** (exponent - 15)
 }
 
+/** `float8_e4m3fn` (OCP FP8 E4M3): bias 7, no infinities, NaN at exponent 15 and mantissa 7. */
+const f8e4m3ToF32 = (bits: number): number => {
+  const sign = bits & 0x80 ? -1 : 1
+  const exponent = (bits >> 3) & 0xf
+  const fraction = bits & 0x7
+  if (exponent === 0) return sign * fraction * 2 ** -9
+  if (exponent === 0xf && fraction === 0x7) return NaN
+  return sign * (1 + fraction / 8) * 2 ** (exponent - 7)
+}
+
+/** `float8_e5m2` (OCP FP8 E5M2): bias 15, IEEE infinities and NaNs, like F16's top byte. */
+const f8e5m2ToF32 = (bits: number): number => f16ToF32(bits << 8)
+
 /** Converts a tensor to the nearest dtype tfjs computes in (F32, I32, BOOL). */
 const toTfjs = (path: string, name: string, t: HostTensor): HostTensor | CheckpointInvalidArgument => {
   switch (t.dtype) {
@@ -543,6 +560,10 @@ const toTfjs = (path: string, name: string, t: HostTensor): HostTensor | Checkpo
       new Uint32Array(out.buffer).set(Uint32Array.from(t.data as Uint16Array, (b) => b << 16))
       return { dtype: "F32", shape: t.shape, data: out }
     }
+    case "F8_E4M3":
+      return { dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Uint8Array, f8e4m3ToF32) }
+    case "F8_E5M2":
+      return { dtype: "F32", shape: t.shape, data: Float32Array.from(t.data as Uint8Array, f8e5m2ToF32) }
     default: {
       const out = new Int32Array(t.data.length)
       const source = t.data as ArrayLike<number | bigint>
@@ -558,16 +579,29 @@ const toTfjs = (path: string, name: string, t: HostTensor): HostTensor | Checkpo
   }
 }
 
+/** Bounds on what `read` may allocate. */
+export interface ReadLimits {
+  /**
+   * The most bytes of tensor memory one load may allocate (default: no bound but the
+   * source's size). A file whose selected tensors need more is refused with
+   * `CheckpointTooLarge` before anything is allocated.
+   */
+  readonly maxBytes?: number | undefined
+}
+
 /**
  * Reads a checkpoint: validates the header, then reads the selected tensors into
  * typed arrays over one fresh allocation, checking each one's CRC-32 (and BOOL
- * values). The allocation is bounded by the source's size.
+ * values). The allocation is bounded by the source's size and by
+ * `limits.maxBytes`; an allocation the runtime refuses (a `RangeError`) is a
+ * `CheckpointTooLarge` too, never a defect.
  */
 export const read = <E>(
   source: ByteSource<E>,
   path: string,
-  options?: LoadOptions
-): Effect.Effect<Checkpoint, E | CheckpointCorrupt | CheckpointInvalidArgument> =>
+  options?: LoadOptions,
+  limits?: ReadLimits
+): Effect.Effect<Checkpoint, E | CheckpointCorrupt | CheckpointInvalidArgument | CheckpointTooLarge> =>
   Effect.gen(function*() {
     const corrupt = (reason: string) => new CheckpointCorrupt({ path, reason })
     const layout = yield* readLayout(source, path)
@@ -596,7 +630,17 @@ export const read = <E>(
       offsets.set(t, arenaBytes)
       arenaBytes += Math.ceil(t.byteLength / 8) * 8
     }
-    const arena = new ArrayBuffer(arenaBytes)
+    const tooLarge = (reason: string) =>
+      new CheckpointTooLarge({ operation: "load", path, bytes: arenaBytes, limit: limits?.maxBytes ?? Infinity, reason })
+    if (limits?.maxBytes !== undefined && arenaBytes > limits.maxBytes) {
+      return yield* tooLarge(
+        `its tensors need ${arenaBytes} bytes of memory, more than the ${limits.maxBytes}-byte bound of this store`
+      )
+    }
+    const arena = yield* Effect.try({
+      try: () => new ArrayBuffer(arenaBytes),
+      catch: (cause) => tooLarge(`cannot allocate ${arenaBytes} bytes for its tensors (${String(cause)})`)
+    })
     const allocate = (t: TensorLayout): TensorData =>
       new arrayConstructor[t.dtype](arena, offsets.get(t)!, t.byteLength / bytesPerElement(t.dtype))
 
@@ -688,4 +732,20 @@ export const read = <E>(
     }
     if (previous !== undefined) yield* process(previous)
     return { tensors, meta: layout.meta, extraMetadata: layout.extraMetadata }
-  })
+  }).pipe(
+    // The last line of defence: whatever allocation the runtime refuses (a typed array
+    // over its maximum length, a conversion's copy) is a typed error, never a defect.
+    Effect.catchDefect((defect) =>
+      defect instanceof RangeError
+        ? Effect.fail(
+          new CheckpointTooLarge({
+            operation: "load",
+            path,
+            bytes: source.size,
+            limit: limits?.maxBytes ?? Infinity,
+            reason: `cannot allocate memory for its tensors (${defect.message})`
+          })
+        )
+        : Effect.die(defect)
+    )
+  )

@@ -35,7 +35,7 @@ describe("Checkpoint", () => {
   it("knows each dtype's element size", () => {
     assert.deepStrictEqual(
       Checkpoint.DTypes.map(Checkpoint.bytesPerElement),
-      [8, 4, 2, 2, 8, 4, 2, 1, 8, 4, 2, 1, 1]
+      [8, 4, 2, 2, 8, 4, 2, 1, 8, 4, 2, 1, 1, 1, 1]
     )
     assert.strictEqual(Checkpoint.elementCount([]), 1)
     assert.strictEqual(Checkpoint.elementCount([3, 0]), 0)

@@ -291,6 +291,57 @@ describe("CsvLogger", () => {
       assert.deepStrictEqual(yield* fs.readDirectory(dir), [CsvLogger.metricsFileName])
     }).pipe(Effect.provide(node)))
 
+  it.effect("issue 12.9: the logger appends rows, rewriting the file only when the columns change", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const root = yield* tempDir
+      // A file system that counts the bytes written through it.
+      let written = 0
+      const counting = FileSystem.make({
+        ...fs,
+        open: (path, options) =>
+          Effect.map(fs.open(path, options), (file) => ({
+            ...file,
+            [FileSystem.FileTypeId]: FileSystem.FileTypeId,
+            get stat() {
+              return file.stat
+            },
+            sync: file.sync,
+            seek: (o, f) => file.seek(o, f),
+            read: (b, o) => file.read(b, o),
+            readAlloc: (n, o) => file.readAlloc(n, o),
+            truncate: (l) => file.truncate(l),
+            write: (b) => Effect.tap(file.write(b), (n) => Effect.sync(() => void (written += Number(n)))),
+            writeAll: (b) => Effect.tap(file.writeAll(b), () => Effect.sync(() => void (written += b.byteLength)))
+          }))
+      })
+      const logger = yield* CsvLogger.make({ flushEvery: 50 }).pipe(Effect.provideService(FileSystem.FileSystem, counting))
+      const state = makeState(root)
+      yield* call(state, logger.setup, "fit")
+      for (let step = 1; step <= 2000; step++) {
+        state.globalStep = step
+        state.loggedMetrics = new Map([["train_loss", 1 / step]])
+        yield* call(state, logger.onTrainBatchEnd, { loss: 1 / step }, 0)
+        if (step === 1000) {
+          // New columns once: one rewrite of the whole file.
+          state.loggedMetrics = new Map([["val_loss", 0.5]])
+          yield* call(state, logger.onValidationEpochEnd)
+        }
+      }
+      yield* call(state, logger.onFitEnd)
+      const content = (yield* readMetrics(yield* logDirOf(logger)))!
+      const lines = content.trimEnd().split("\n")
+      assert.strictEqual(lines.length, 1 + 2001)
+      assert.strictEqual(lines[0], "epoch,step,train_loss,val_loss")
+      assert.strictEqual(lines[1], "0,1,1,")
+      assert.strictEqual(lines[1001], "0,1000,,0.5")
+      assert.strictEqual(lines[2001], `0,2000,${1 / 2000},`)
+      // Every row once, plus the first half again at the column change (rewriting every
+      // flush would write about 20 times the file).
+      const size = new TextEncoder().encode(content).byteLength
+      assert.isAtMost(written, 2 * size, `${written} bytes written for a ${size}-byte file`)
+    }).pipe(Effect.provide(node)))
+
   it.effect("a given version replaces the metrics of an earlier run", () =>
     Effect.gen(function*() {
       const root = yield* tempDir

@@ -120,10 +120,11 @@ describe("FileCheckpointIO", () => {
       const io = yield* CheckpointIO
       const fs = yield* FileSystem.FileSystem
       const dir = yield* tempDir
-      const dead = `.a.ckpt.999999999.abc123.tmp-ckpt`
+      const id = FileCheckpointIO.writerIdentity
+      const dead = `.0badcafe.${id}.999999999.abc123.tmp-ckpt`
       // A live writer in another process (our parent); one of our own pid that this
       // process did not create is stale (an earlier process with the same pid left it).
-      const live = `.a.ckpt.${process.ppid}.def456.tmp-ckpt`
+      const live = `.0badcafe.${id}.${process.ppid}.def456.tmp-ckpt`
       yield* fs.writeFile(`${dir}/${dead}`, new Uint8Array(10))
       yield* fs.writeFile(`${dir}/${live}`, new Uint8Array(10))
       assert.deepStrictEqual(yield* io.list(dir), [])

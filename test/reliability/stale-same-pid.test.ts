@@ -18,7 +18,8 @@ describe("temporary files left by an earlier process with our pid", () => {
       const fs = yield* FileSystem.FileSystem
       const io = yield* CheckpointIO
       const dir = yield* fs.makeTempDirectoryScoped({ prefix: "pending-same-pid-" })
-      const stale = `.last.ckpt.${process.pid}.0123456789.tmp-ckpt`
+      // Same writer identity (host, boot, pid namespace) and pid: an earlier process's.
+      const stale = `.0badcafe.${FileCheckpointIO.writerIdentity}.${process.pid}.0123456789.tmp-ckpt`
       yield* fs.writeFileString(`${dir}/${stale}`, "half a checkpoint")
       yield* io.save(versioned(1), `${dir}/last.ckpt`)
       assert.deepStrictEqual(yield* fs.readDirectory(dir), ["last.ckpt"])
