@@ -459,7 +459,7 @@ const matchOptimizer = (
   const ordered = orderedSlots(path, Object.keys(tensors))
   if (Result.isFailure(ordered)) return Result.fail(ordered.failure)
   const slots = ordered.success
-  const stateNames = Object.keys(tensors).filter((k) => parseTensorName(k).section === "optimizerState")
+  const stateNames = Object.keys(tensors).filter((k) => parseTensorName(k).section === "optimizerState").sort()
   const savedOptimizer = Option.isSome(meta) ? meta.value.optimizer : null
   if (savedOptimizer !== null && savedOptimizer.className !== target.className) {
     return fail("meta.optimizer.className", `the checkpoint holds the state of ${savedOptimizer.className}, the module's optimizer is ${target.className}`)
@@ -487,18 +487,29 @@ const matchOptimizer = (
   const perVariable = hasIter ? slots.slice(1) : slots
   const variables = target.variables
   const byName = new Map(variables.map((v) => [v.name, v]))
+  // setWeights restores by position: judge by position when the slots divide among
+  // the variables; otherwise (a variable that got no gradient has no slots) by the
+  // variable name in each slot's name, in groups that repeat the same variables.
   const grouped = variables.length > 0 && perVariable.length % variables.length === 0
+  const owners: Array<VariableSpec> = []
   for (let j = 0; j < perVariable.length; j++) {
     const entry = perVariable[j]!
-    // setWeights restores by position: judge by position, by name only when the count
-    // does not divide (a variable that got no gradient has no slots).
     const owner = grouped ? variables[j % variables.length] : ownerByName(entry.slot, byName)
     if (owner === undefined) {
-      return fail(
-        entry.tensorName,
-        `${perVariable.length} per-variable slots do not divide among the optimizer's ${variables.length} variables`
-      )
+      return fail(entry.tensorName, `${perVariable.length} per-variable slots do not divide among the optimizer's ${variables.length} variables`)
     }
+    owners.push(owner)
+  }
+  if (!grouped && perVariable.length > 0) {
+    const groupSize = new Set(owners).size
+    const regular = perVariable.length % groupSize === 0 && owners.every((o, j) => o === owners[j % groupSize])
+    if (!regular) {
+      return fail("optimizer", `${perVariable.length} per-variable slots do not divide among the optimizer's ${variables.length} variables`)
+    }
+  }
+  for (let j = 0; j < perVariable.length; j++) {
+    const entry = perVariable[j]!
+    const owner = owners[j]!
     const shape = tensors[entry.tensorName]!.shape
     if (!sameShape(shape, owner.shape)) {
       return fail(entry.tensorName, `the slot belongs to ${owner.name} of shape ${shapeText(owner.shape)}, the checkpoint has ${shapeText(shape)}`)
