@@ -6,7 +6,7 @@ import * as nodeFs from "node:fs"
 import type * as Callback from "../src/Callback.ts"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import * as CheckpointConnector from "../src/CheckpointConnector.ts"
-import { CheckpointIO } from "../src/CheckpointIO.ts"
+import { CheckpointIO, CheckpointStorageError } from "../src/CheckpointIO.ts"
 import * as Device from "../src/Device.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
@@ -322,6 +322,20 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
       const fs = yield* FileSystem.FileSystem
       const root = yield* fs.makeTempDirectoryScoped({ prefix: "connector-fallback-" })
       const dir = `${root}/checkpoints`
+      // The file store, except that stray.ckpt fails to load with an I/O error.
+      const flaky = Layer.effect(
+        CheckpointIO,
+        Effect.gen(function*() {
+          const inner = Context.get(yield* Layer.build(FileCheckpointIO.layerNode), CheckpointIO)
+          return {
+            ...inner,
+            load: (path: string, options?: Parameters<typeof inner.load>[1]) =>
+              path.endsWith("/stray.ckpt")
+                ? Effect.fail(new CheckpointStorageError({ operation: "load", path, reason: "IO", cause: new Error("EIO") }))
+                : inner.load(path, options)
+          }
+        })
+      )
       const fit = (maxEpochs: number, ckptPath?: string) =>
         Effect.scoped(Effect.gen(function*() {
           const checkpoint = yield* ModelCheckpoint.make({ dirpath: dir, monitor: "loss", saveTopK: 3, saveLast: true })
@@ -331,7 +345,7 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
             seed: 3,
             defaultRootDir: root,
             callbacks: [checkpoint],
-            plugins: { checkpointIO: FileCheckpointIO.layerNode }
+            plugins: { checkpointIO: flaky }
           })
           const logs: Array<string> = []
           const collector = Logger.make((o) => void logs.push(`${o.logLevel}: ${(o.message as Array<unknown>).join(" ")}`))
@@ -346,11 +360,11 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
           .map((n) => ({ path: `${dir}/${n}`, mtime: nodeFs.statSync(`${dir}/${n}`).mtimeMs }))
           .sort((a, b) => b.mtime - a.mtime)
       const [newest] = byAge()
-      // last.ckpt: a position no epoch has; a newer "checkpoint" that is a directory.
+      // last.ckpt: a position no epoch has; a newer checkpoint that fails to load.
       const io = Context.get(yield* Layer.build(FileCheckpointIO.layerNode), CheckpointIO)
       const last = yield* io.load(`${dir}/last.ckpt`)
       yield* io.save(withFit(last, { nextBatch: 1e9 }), `${dir}/last.ckpt`)
-      nodeFs.mkdirSync(`${dir}/stray.ckpt`)
+      nodeFs.copyFileSync(newest!.path, `${dir}/stray.ckpt`)
       const later = newest!.mtime / 1000 + 60
       nodeFs.utimesSync(`${dir}/stray.ckpt`, later, later)
       const resumed = yield* fit(4, "last")
