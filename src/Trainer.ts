@@ -3,7 +3,8 @@
  * predict (Lightning's `Trainer`), as an Effect service.
  *
  * It drives the loops and the callbacks, and leaves the rest to its services: the
- * `Strategy` runs each step on the `Device` and stages state for checkpoints; the
+ * `Strategy` runs each step on the `Device` and stages state for checkpoints;
+ * `CheckpointConnector` decides what a checkpoint holds and validates a restore; the
  * `CheckpointIO` stores them. Which CheckpointIO: the one given to the Trainer
  * (`plugins.checkpointIO`, Lightning's `Trainer(plugins=[...])`), or the one given to
  * the Strategy, or the default file store; both at once is a
