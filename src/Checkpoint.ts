@@ -9,8 +9,9 @@
  * *stored* is decided by `CheckpointIO`.
  *
  * Tensor names keep the model's own variable names under a section prefix:
- * `model/<variable>` for weights (see `modelPrefix`), `optimizer/<slot>` for
- * optimizer state. A weights-only load keeps the `model/` section only.
+ * `model/<variable>` for weights (see `modelPrefix`), `optimizer/<index>/<slot>` and
+ * `optimizer/state/<key>` for optimizer state; `CheckpointConnector` owns that
+ * encoding. A weights-only load keeps the `model/` section only.
  *
  * @since 0.1.0
  */

@@ -13,7 +13,8 @@
  */
 import type * as tf from "@tensorflow/tfjs"
 import { Context, Data, Effect, Layer } from "effect"
-import { type HostTensor, modelPrefix, optimizerPrefix } from "./Checkpoint.ts"
+import type { HostTensor } from "./Checkpoint.ts"
+import { RestoreError, type RestoreTarget, type StagedState, type TensorPlan } from "./CheckpointConnector.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
 import { Device, type DeviceError, type DeviceShape } from "./Device.ts"
 
@@ -38,15 +39,11 @@ export class StepError extends Data.TaggedError("StepError")<{
   }
 }
 
-/** Restoring a checkpoint into a model or optimizer failed (missing tensors, other shapes). */
-export class RestoreError extends Data.TaggedError("RestoreError")<{
-  readonly reason: string
-  readonly cause?: unknown
-}> {
-  override get message(): string {
-    return `cannot restore checkpoint: ${this.reason}`
-  }
-}
+/**
+ * A checkpoint does not fit the model or optimizer (naming the file and the field):
+ * defined in `CheckpointConnector`, re-exported here where users import it.
+ */
+export { RestoreError }
 
 export type GradientClipAlgorithm = "norm" | "value"
 
@@ -79,16 +76,28 @@ export interface StrategyShape {
     loss: () => tf.Scalar,
     options: StepOptions
   ) => Effect.Effect<number, StepError>
-  /** Host copies of the model weights (`model/<name>`) and, unless weights only, the optimizer state (`optimizer/<name>`). */
+  /**
+   * Host copies of the model weights and, unless weights only (`optimizer`
+   * undefined), the optimizer state, under the device's own names;
+   * `CheckpointConnector.dump` gives them their tensor names.
+   */
   readonly stage: (
     model: tf.LayersModel,
     optimizer: tf.Optimizer | undefined
-  ) => Effect.Effect<Record<string, HostTensor>, DeviceError | StepError>
-  /** Puts staged state back into a model (and optimizer, when its tensors are there). */
+  ) => Effect.Effect<StagedState, DeviceError | StepError>
+  /** What a checkpoint is restored into (names and shapes, no tensor): `CheckpointConnector.plan` checks against it. */
+  readonly describe: (
+    model: tf.LayersModel,
+    optimizer: tf.Optimizer | undefined
+  ) => Effect.Effect<RestoreTarget, StepError>
+  /**
+   * Puts a validated plan (`CheckpointConnector.plan`) into the model, and into the
+   * optimizer when the plan has its state. It checks nothing the plan already did.
+   */
   readonly restore: (
     model: tf.LayersModel,
     optimizer: tf.Optimizer | undefined,
-    tensors: Readonly<Record<string, HostTensor>>
+    plan: TensorPlan
   ) => Effect.Effect<void, RestoreError | DeviceError>
 }
 
@@ -151,84 +160,87 @@ const hiddenState = (
 
 const stage = (device: DeviceShape): StrategyShape["stage"] => (model, optimizer) =>
   Effect.gen(function*() {
-    const tensors: Record<string, tf.Tensor> = {}
     // originalName: tfjs suffixes `name` (`hidden/bias_17`) when a layer name was used before.
-    for (const w of model.weights) tensors[`${modelPrefix}${w.originalName}`] = w.read()
-    const staged = yield* device.stage(tensors)
-    if (optimizer === undefined) return staged
-    const named = yield* Effect.tryPromise({
-      try: () => optimizer.getWeights(),
-      catch: (cause) => new StepError({ step: "optimizer.getWeights", reason: messageOf(cause), cause })
-    })
+    const weights = yield* device.stage(Object.fromEntries(model.weights.map((w, i) => [String(i), w.read()])))
+    const staged: Array<readonly [string, HostTensor]> = model.weights.map((w, i) => [w.originalName, weights[String(i)]!])
+    if (optimizer === undefined) return { model: staged }
+    const named = yield* getWeights(optimizer)
+    const hidden = hiddenState(device, optimizer, named)
     const slots: Record<string, tf.Tensor> = {}
-    // getWeights / setWeights match slots by position: the index keeps the order.
-    named.forEach((w, i) => (slots[`${optimizerPrefix}${String(i).padStart(4, "0")}/${w.name}`] = w.tensor))
-    for (const [key, variable] of hiddenState(device, optimizer, named)) slots[`${optimizerPrefix}state/${key}`] = variable
+    // getWeights / setWeights match slots by position: keep the order.
+    named.forEach((w, i) => (slots[`slot/${i}`] = w.tensor))
+    for (const [key, variable] of hidden) slots[`state/${key}`] = variable
     const stagedSlots = yield* device.stage(slots).pipe(
       // getWeights makes new tensors for some slots (Adam's `iter`): free those.
-      Effect.ensuring(Effect.sync(() => {
-        for (const w of named) if (!(w.tensor instanceof device.tf.Variable)) w.tensor.dispose()
-      }))
+      Effect.ensuring(freeFresh(device, named))
     )
-    return { ...staged, ...stagedSlots }
+    return {
+      model: staged,
+      optimizer: {
+        slots: named.map((w, i) => [w.name, stagedSlots[`slot/${i}`]!] as const),
+        state: hidden.map(([key]) => [key, stagedSlots[`state/${key}`]!] as const)
+      }
+    }
   })
 
-/**
- * Matches checkpoint tensors to model weights: by name when every name matches,
- * otherwise by order when the count and every shape match (tfjs names unnamed layers
- * with global counters, so a rebuilt model may be `dense_Dense3` where the saved one
- * was `dense_Dense1`).
- */
-const matchWeights = (
-  model: tf.LayersModel,
-  tensors: Readonly<Record<string, HostTensor>>
-): Array<HostTensor> | RestoreError => {
-  const saved = Object.keys(tensors).filter((k) => k.startsWith(modelPrefix))
-  const byName = model.weights.map((w) => tensors[`${modelPrefix}${w.originalName}`])
-  const candidates = byName.every((t) => t !== undefined) ? byName as Array<HostTensor> : saved.map((k) => tensors[k]!)
-  if (candidates.length !== model.weights.length) {
-    return new RestoreError({
-      reason: `the model has ${model.weights.length} weights, the checkpoint ${saved.length} (${saved.slice(0, 4).join(", ")}…)`
-    })
-  }
-  for (let i = 0; i < candidates.length; i++) {
-    const expected = model.weights[i]!.shape.join(",")
-    if (candidates[i]!.shape.join(",") !== expected) {
-      return new RestoreError({
-        reason: `weight ${model.weights[i]!.name} has shape [${expected}], the checkpoint [${candidates[i]!.shape.join(",")}]`
-      })
-    }
-  }
-  return candidates
-}
+const getWeights = (optimizer: tf.Optimizer) =>
+  Effect.tryPromise({
+    try: () => optimizer.getWeights(),
+    catch: (cause) => new StepError({ step: "optimizer.getWeights", reason: messageOf(cause), cause })
+  })
 
-const restore = (device: DeviceShape): StrategyShape["restore"] => (model, optimizer, tensors) =>
+const freeFresh = (device: DeviceShape, named: ReadonlyArray<{ readonly tensor: tf.Tensor }>) =>
+  Effect.sync(() => {
+    for (const w of named) if (!(w.tensor instanceof device.tf.Variable)) w.tensor.dispose()
+  })
+
+const describe = (device: DeviceShape): StrategyShape["describe"] => (model, optimizer) =>
   Effect.gen(function*() {
-    const weights = matchWeights(model, tensors)
-    if (weights instanceof RestoreError) return yield* weights
-    const uploaded = yield* device.upload(Object.fromEntries(weights.map((t, i) => [String(i), t])))
+    const weights = model.weights.map((w) => ({ name: w.originalName, shape: w.shape.map((d) => d ?? -1) }))
+    if (optimizer === undefined) return { model: weights }
+    const named = yield* getWeights(optimizer)
+    const hidden = hiddenState(device, optimizer, named)
+    yield* freeFresh(device, named)
+    return {
+      model: weights,
+      optimizer: {
+        className: optimizer.getClassName(),
+        // The variables the training step hands to the optimizer, in that order.
+        variables: model.trainableWeights.map((w) => ({ name: (w.read() as tf.Variable).name, shape: w.shape.map((d) => d ?? -1) })),
+        // A fresh optimizer gives its step count only; one that has been stepped or
+        // restored has per-variable slots, or a step count above zero.
+        slotCount: named.length > 1 || optimizer.iterations > 0 ? named.length : undefined,
+        state: hidden.map(([key, variable]) => ({ key, shape: variable.shape }))
+      }
+    }
+  })
+
+const restore = (device: DeviceShape): StrategyShape["restore"] => (model, optimizer, plan) =>
+  Effect.gen(function*() {
+    const { path } = plan
+    const uploaded = yield* device.upload(Object.fromEntries(plan.model.map((t, i) => [String(i), t])))
     yield* Effect.try({
       try: () => model.weights.forEach((w, i) => w.write(uploaded[String(i)]!)),
-      catch: (cause) => new RestoreError({ reason: messageOf(cause), cause })
+      catch: (cause) => new RestoreError({ path, field: "model", reason: messageOf(cause), cause })
     }).pipe(Effect.ensuring(Effect.sync(() => device.tf.dispose(Object.values(uploaded)))))
-    const statePrefix = `${optimizerPrefix}state/`
-    const slotNames = Object.keys(tensors).filter((k) => k.startsWith(optimizerPrefix) && !k.startsWith(statePrefix)).sort()
-    const stateNames = Object.keys(tensors).filter((k) => k.startsWith(statePrefix))
-    if (optimizer === undefined || slotNames.length === 0) return
-    const slots = yield* device.upload(Object.fromEntries([...slotNames, ...stateNames].map((k) => [k, tensors[k]!])))
+    if (optimizer === undefined || plan.optimizer === undefined) return
+    const { slots, state } = plan.optimizer
+    const onDevice = yield* device.upload(Object.fromEntries([
+      ...slots.map((s, i) => [`slot/${i}`, s.tensor] as const),
+      ...state.map((s) => [`state/${s.key}`, s.tensor] as const)
+    ]))
     yield* Effect.tryPromise({
-      try: () =>
-        optimizer.setWeights(slotNames.map((k) => ({ name: k.slice(k.indexOf("/", optimizerPrefix.length) + 1), tensor: slots[k]! }))),
-      catch: (cause) => new RestoreError({ reason: `optimizer state: ${messageOf(cause)}`, cause })
+      try: () => optimizer.setWeights(slots.map((s, i) => ({ name: s.name, tensor: onDevice[`slot/${i}`]! }))),
+      catch: (cause) => new RestoreError({ path, field: "optimizer", reason: messageOf(cause), cause })
     }).pipe(
       Effect.andThen(Effect.try({
         try: () => {
           const hidden = new Map(hiddenState(device, optimizer, []))
-          for (const name of stateNames) hidden.get(name.slice(statePrefix.length))?.assign(slots[name]!)
+          for (const { key } of state) hidden.get(key)?.assign(onDevice[`state/${key}`]!)
         },
-        catch: (cause) => new RestoreError({ reason: `optimizer state: ${messageOf(cause)}`, cause })
+        catch: (cause) => new RestoreError({ path, field: "optimizer/state", reason: messageOf(cause), cause })
       })),
-      Effect.ensuring(Effect.sync(() => device.tf.dispose(Object.values(slots))))
+      Effect.ensuring(Effect.sync(() => device.tf.dispose(Object.values(onDevice))))
     )
   })
 
@@ -262,6 +274,7 @@ export const make = (
       acceptsCustomCheckpointIO: accepts,
       trainingStep: trainingStep(device),
       stage: stage(device),
+      describe: describe(device),
       restore: restore(device)
     }
   })

@@ -3,7 +3,8 @@
  * predict (Lightning's `Trainer`), as an Effect service.
  *
  * It drives the loops and the callbacks, and leaves the rest to its services: the
- * `Strategy` runs each step on the `Device` and stages state for checkpoints; the
+ * `Strategy` runs each step on the `Device` and stages state for checkpoints;
+ * `CheckpointConnector` decides what a checkpoint holds and validates a restore; the
  * `CheckpointIO` stores them. Which CheckpointIO: the one given to the Trainer
  * (`plugins.checkpointIO`, Lightning's `Trainer(plugins=[...])`), or the one given to
  * the Strategy, or the one provided in the program's context, or the default file
@@ -26,7 +27,8 @@ import { Cause, Context, Data, Effect, FileSystem, Layer, Option, Path, Result, 
 import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
-import { type HostTensor, make as makeCheckpoint } from "./Checkpoint.ts"
+import type { Checkpoint, HostTensor, OptimizerConfig } from "./Checkpoint.ts"
+import * as CheckpointConnector from "./CheckpointConnector.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
 import * as CsvLogger from "./CsvLogger.ts"
 import * as FileCheckpointIO from "./FileCheckpointIO.ts"
@@ -447,29 +449,25 @@ export const make = <E = never, R = never>(
         }
         const weightsOnly = saveOptions?.weightsOnly ?? false
         const { model, optimizer } = current.built
-        const callbackStates: Record<string, Json> = {}
-        if (!weightsOnly) {
-          for (const cb of callbacks) if (cb.stateDict !== undefined) callbackStates[Callback.stateKeyOf(cb)] = cb.stateDict()
-        }
-        const record = makeCheckpoint({
-          tensors: yield* strategy.stage(model, weightsOnly ? undefined : optimizer),
-          meta: {
-            epoch: loop.epoch,
+        const optimizerConfig = weightsOnly ? null : yield* Effect.try({
+          try: (): OptimizerConfig => ({ className: optimizer.getClassName(), config: toJson(optimizer.getConfig()) as Record<string, Json> }),
+          catch: (cause) => new Callback.CallbackError({ callback: current.module.name, reason: `optimizer config: ${messageOf(cause)}`, cause })
+        })
+        // The connector decides what the record holds; the strategy only stages.
+        const record = yield* CheckpointConnector.dump({
+          staged: yield* strategy.stage(model, weightsOnly ? undefined : optimizer),
+          epoch: loop.epoch,
+          globalStep: loop.globalStep,
+          loop: {
+            nextEpoch: loop.next.epoch,
+            nextBatch: loop.next.batch,
             globalStep: loop.globalStep,
-            weightsOnly,
-            loops: {
-              fit: {
-                nextEpoch: loop.next.epoch,
-                nextBatch: loop.next.batch,
-                globalStep: loop.globalStep,
-                ...(loop.rng === undefined ? {} : { rng: loop.rng.value })
-              }
-            },
-            callbacks: callbackStates,
-            optimizer: weightsOnly ? null : { className: optimizer.getClassName(), config: toJson(optimizer.getConfig()) as Record<string, Json> },
-            hyperParameters: { ...current.module.hyperParameters },
-            user: weightsOnly ? {} : { ...current.module.onSaveCheckpoint?.() }
-          }
+            ...(loop.rng === undefined ? {} : { rng: loop.rng.value })
+          },
+          weightsOnly,
+          callbacks,
+          optimizer: optimizerConfig,
+          module: current.module
         })
         if (Option.isSome(record.meta)) yield* call("onSaveCheckpoint", record.meta.value)
         // The staged tensors are fresh copies nobody else holds: hand them over.
@@ -497,57 +495,76 @@ export const make = <E = never, R = never>(
       })
 
     /**
-     * Loads the checkpoint to resume from. With `fallback` (`ckptPath: "last"`), a
-     * corrupt one is passed over for the newest other checkpoint of its directory that
-     * loads (by modification time; weights-only ones cannot resume a fit), with a
-     * warning; when none loads, the first corrupt error is the result.
+     * Loads and validates the checkpoint to resume from (`check`: the connector's
+     * plan against the model, optimizer and data). With `fallback` (`ckptPath:
+     * "last"`), one that fails to load (any typed load error) or to validate is passed
+     * over for the newest other checkpoint of its directory that does both (by
+     * modification time; weights-only ones cannot resume a fit), with a warning; when
+     * none does, the first error is the result.
      */
-    const loadForResume = (path: string, fallback: boolean) =>
+    const loadForResume = (
+      path: string,
+      fallback: boolean,
+      check: (record: Checkpoint, path: string) => Result.Result<CheckpointConnector.RestorePlan, RestoreError>
+    ) =>
       Effect.gen(function*() {
-        const chosen = yield* Effect.result(checkpointIO.load(path, { dtypes: "tfjs" }))
-        if (Result.isSuccess(chosen)) return { path, record: chosen.success }
+        const attempt = (p: string) =>
+          Effect.result(Effect.flatMap(checkpointIO.load(p, { dtypes: "tfjs" }), (record) => Effect.fromResult(check(record, p))))
+        const chosen = yield* attempt(path)
+        if (Result.isSuccess(chosen)) return chosen.success
         const error = chosen.failure
-        if (!fallback || error._tag !== "CheckpointCorrupt") return yield* Effect.fail(error)
+        if (!fallback) return yield* Effect.fail(error)
         const dir = path.slice(0, Math.max(0, path.lastIndexOf("/"))) || "."
-        const others = (yield* checkpointIO.list(dir))
+        const listed = yield* Effect.result(checkpointIO.list(dir))
+        if (Result.isFailure(listed)) return yield* Effect.fail(error)
+        const others = listed.success
           .filter((e) => e.path.endsWith(".ckpt") && posix.resolve(e.path) !== posix.resolve(path))
           .sort((a, b) => b.modifiedAt - a.modifiedAt)
         for (const entry of others) {
           const loaded = yield* Effect.result(checkpointIO.load(entry.path, { dtypes: "tfjs" }))
           if (Result.isFailure(loaded)) {
-            if (loaded.failure._tag !== "CheckpointCorrupt") return yield* Effect.fail(loaded.failure)
-            yield* Effect.logWarning(`ckptPath "last": ${entry.path} is corrupt too (${loaded.failure.reason})`)
+            yield* Effect.logWarning(`ckptPath "last": ${entry.path} does not load either (${loaded.failure.message})`)
             continue
           }
           if (Option.isSome(loaded.success.meta) && loaded.success.meta.value.weightsOnly) continue
+          const planned = check(loaded.success, entry.path)
+          if (Result.isFailure(planned)) {
+            yield* Effect.logWarning(`ckptPath "last": ${entry.path} does not fit either (${planned.failure.message})`)
+            continue
+          }
           yield* Effect.logWarning(
-            `ckptPath "last": ${path} is corrupt (${error.reason}); resuming from ${entry.path}, the newest checkpoint that loads`
+            `ckptPath "last": ${path} cannot be resumed from (${error.message}); resuming from ${entry.path}, the newest checkpoint that loads`
           )
-          return { path: entry.path, record: loaded.success }
+          return planned.success
         }
         return yield* Effect.fail(error)
       })
 
-    const restoreFrom = (requested: string, module: TrainingModule<any, any>, target: Built<tf.LayersModel>, fallback: boolean) =>
+    const restoreFrom = (
+      requested: string,
+      module: TrainingModule<any, any>,
+      target: Built<tf.LayersModel>,
+      fallback: boolean,
+      numTrainBatches: number | undefined
+    ) =>
       Effect.gen(function*() {
-        const { path, record } = yield* loadForResume(requested, fallback)
-        yield* strategy.restore(target.model, target.optimizer, record.tensors)
-        if (Option.isSome(record.meta)) {
-          const meta = record.meta.value
-          const fitLoop = meta.loops["fit"] as { nextEpoch?: number; nextBatch?: number; rng?: number } | undefined
-          if (fitLoop?.rng !== undefined) loop.rng = { value: fitLoop.rng }
-          loop.epoch = fitLoop?.nextEpoch ?? meta.epoch + 1
-          loop.resumeBatch = fitLoop?.nextBatch ?? 0
-          loop.globalStep = meta.globalStep
-          for (const cb of callbacks) {
-            const saved = meta.callbacks[Callback.stateKeyOf(cb)]
-            if (saved !== undefined && cb.loadStateDict !== undefined) yield* cb.loadStateDict(saved)
-          }
-          module.onLoadCheckpoint?.(meta.user)
-          yield* call("onLoadCheckpoint", meta)
+        const described = yield* strategy.describe(target.model, target.optimizer)
+        // Everything is validated before anything is applied or "resumed from" logged.
+        const plan = yield* loadForResume(requested, fallback, (record, path) =>
+          CheckpointConnector.plan(record, path, described, { numTrainBatches }))
+        yield* strategy.restore(target.model, target.optimizer, plan)
+        if (plan.loop !== undefined) {
+          if (plan.loop.rng !== undefined) loop.rng = { value: plan.loop.rng }
+          loop.epoch = plan.loop.nextEpoch
+          loop.resumeBatch = plan.loop.nextBatch
+          loop.globalStep = plan.loop.globalStep
         }
-        loop.resumedFrom = path
-        yield* Effect.logInfo(`Trainer: resumed from ${path} (epoch ${loop.epoch}, step ${loop.globalStep})`)
+        if (Option.isSome(plan.meta)) {
+          yield* CheckpointConnector.restoreUserState(plan.meta.value, callbacks, module)
+          yield* call("onLoadCheckpoint", plan.meta.value)
+        }
+        loop.resumedFrom = plan.path
+        yield* Effect.logInfo(`Trainer: resumed from ${plan.path} (epoch ${loop.epoch}, step ${loop.globalStep})`)
       })
 
     // -----------------------------------------------------------------------
@@ -618,7 +635,7 @@ export const make = <E = never, R = never>(
         yield* call("setup", "fit")
         if (fitOptions?.ckptPath !== undefined) {
           const path = yield* resolveCkptPath(fitOptions.ckptPath)
-          if (Option.isSome(path)) yield* restoreFrom(path.value, module, target, fitOptions.ckptPath === "last")
+          if (Option.isSome(path)) yield* restoreFrom(path.value, module, target, fitOptions.ckptPath === "last", data.numTrainBatches)
         }
         yield* call("onFitStart")
         const sanitySteps = options.numSanityValSteps ?? 2

@@ -7,6 +7,7 @@
 export * as AsyncCheckpointIO from "./AsyncCheckpointIO.ts"
 export * as Callback from "./Callback.ts"
 export * as Checkpoint from "./Checkpoint.ts"
+export * as CheckpointConnector from "./CheckpointConnector.ts"
 export * as CheckpointIO from "./CheckpointIO.ts"
 export * as ChecksumWorker from "./ChecksumWorker.ts"
 export * as CsvLogger from "./CsvLogger.ts"
