@@ -156,6 +156,63 @@ const cropSpatial = (t: tf.Tensor, before: ReadonlyArray<number>, lengths: Reado
 // Max pooling gradients
 
 /**
+ * The values each window offset sees: for every offset (in the order cpu scans a
+ * window, first axis outermost), the strided slice of the input padded with
+ * -Infinity that holds, at each output position, the input under that offset.
+ */
+const windows = (
+  x: tf.Tensor,
+  filter: ReadonlyArray<number>,
+  strides: ReadonlyArray<number>,
+  before: ReadonlyArray<number>,
+  outSpatial: ReadonlyArray<number>
+) => {
+  const rank = filter.length
+  const spatial = x.shape.slice(1, 1 + rank)
+  const needed = outSpatial.map((out, i) => (out - 1) * strides[i]! + filter[i]!)
+  const pads: Array<[number, number]> = [[0, 0], ...spatial.map((length, i): [number, number] => [
+    before[i]!,
+    Math.max(0, needed[i]! - before[i]! - length)
+  ]), [0, 0]]
+  const padded = tf.pad(x, pads, Number.NEGATIVE_INFINITY)
+  let offsets: Array<Array<number>> = [[]]
+  for (const extent of filter) {
+    offsets = offsets.flatMap((prefix) => Array.from({ length: extent }, (_, k) => [...prefix, k]))
+  }
+  const candidates = offsets.map((offset) =>
+    tf.stridedSlice(
+      padded,
+      [0, ...offset, 0],
+      [x.shape[0]!, ...offset.map((k, i) => k + (outSpatial[i]! - 1) * strides[i]! + 1), x.shape[rank + 1]!],
+      [1, ...strides, 1]
+    )
+  )
+  return { candidates, offsets }
+}
+
+/**
+ * A 3-D max pool (NDHWC): the elementwise `maximum` of the window offsets' strided
+ * slices. tfjs-backend-wasm 4.22's own `MaxPool3D` starts each window's maximum at
+ * the smallest positive float, so a window whose values are all 0 or below comes out
+ * as 1.2e-38 instead of its maximum.
+ */
+export const maxPool3D = (x: tf.Tensor5D, attrs: tf.MaxPool3DAttrs): tf.Tensor5D => {
+  const info = tf.backend_util.computePool3DInfo(x.shape, attrs.filterSize, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode)
+  const { candidates } = windows(
+    x,
+    [info.filterDepth, info.filterHeight, info.filterWidth],
+    [info.strideDepth, info.strideHeight, info.strideWidth],
+    [info.padInfo.front, info.padInfo.top, info.padInfo.left],
+    [info.outDepth, info.outHeight, info.outWidth]
+  )
+  return candidates.slice(1).reduce((a, b) => tf.maximum(a, b), candidates[0]!) as tf.Tensor5D
+}
+
+/** The `MaxPool3D` kernel: see `maxPool3D`. */
+export const maxPool3DKernel: tf.KernelFunc = ({ attrs, backend, inputs }) =>
+  tf.tidy(() => maxPool3D(asTensor(inputs["x"]!, backend as tf.KernelBackend) as tf.Tensor5D, attrs as unknown as tf.MaxPool3DAttrs))
+
+/**
  * The gradient of a max pool (2-D or 3-D, channels last) with respect to its input,
  * routed to one maximum of each window: the first in row-major order (`ties:
  * "first"`, what tfjs's cpu backend does in 2-D) or the last (`"last"`, what it
@@ -179,28 +236,7 @@ export const maxPoolBackprop = (
 ): tf.Tensor => {
   const rank = filter.length
   const spatial = x.shape.slice(1, 1 + rank)
-  const outSpatial = dy.shape.slice(1, 1 + rank)
-  const needed = outSpatial.map((out, i) => (out - 1) * strides[i]! + filter[i]!)
-  const pads: Array<[number, number]> = [[0, 0], ...spatial.map((length, i): [number, number] => [
-    before[i]!,
-    Math.max(0, needed[i]! - before[i]! - length)
-  ]), [0, 0]]
-  const padded = tf.pad(x, pads, Number.NEGATIVE_INFINITY)
-  // Every window offset, in the order cpu scans a window (first axis outermost).
-  const offsets: Array<Array<number>> = [[]]
-  for (const extent of filter) {
-    const next: Array<Array<number>> = []
-    for (const prefix of offsets) for (let k = 0; k < extent; k++) next.push([...prefix, k])
-    offsets.splice(0, offsets.length, ...next)
-  }
-  const candidates = offsets.map((offset) =>
-    tf.stridedSlice(
-      padded,
-      [0, ...offset, 0],
-      [x.shape[0]!, ...offset.map((k, i) => k + (outSpatial[i]! - 1) * strides[i]! + 1), x.shape[rank + 1]!],
-      [1, ...strides, 1]
-    )
-  )
+  const { candidates, offsets } = windows(x, filter, strides, before, dy.shape.slice(1, 1 + rank))
   const maximum = candidates.slice(1).reduce((a, b) => tf.maximum(a, b), candidates[0]!)
   let taken = tf.zerosLike(maximum).cast("bool")
   let gradient: tf.Tensor | undefined
@@ -481,6 +517,7 @@ export const wasmKernels: ReadonlyArray<{ readonly config: tf.KernelConfig; read
   { kind: "missing", config: { kernelName: tf.DepthwiseConv2dNativeBackpropInput, backendName: "wasm", kernelFunc: depthwiseConv2DBackpropInputKernel } },
   { kind: "missing", config: { kernelName: tf.UnsortedSegmentSum, backendName: "wasm", kernelFunc: unsortedSegmentSumKernel } },
   { kind: "replaces", config: { kernelName: tf.MaxPoolGrad, backendName: "wasm", kernelFunc: maxPoolGradKernel } },
+  { kind: "replaces", config: { kernelName: tf.MaxPool3D, backendName: "wasm", kernelFunc: maxPool3DKernel } },
   { kind: "replaces", config: { kernelName: tf.MaxPool3DGrad, backendName: "wasm", kernelFunc: maxPool3DGradKernel } },
   { kind: "replaces", config: { kernelName: tf.Conv3DBackpropFilterV2, backendName: "wasm", kernelFunc: conv3DBackpropFilterKernel } },
   { kind: "replaces", config: { kernelName: tf.Conv3DBackpropInputV2, backendName: "wasm", kernelFunc: conv3DBackpropInputKernel } }
