@@ -1,13 +1,23 @@
 /**
- * Kernels the TensorFlow.js wasm backend lacks, composed from kernels it has.
+ * Kernels the TensorFlow.js wasm backend lacks or computes wrongly, composed from
+ * kernels it computes correctly.
  *
- * `@tensorflow/tfjs-backend-wasm@4.22.0` registers no `Conv2DBackpropFilter`, so the
- * gradient of every `conv2d` with respect to its filter fails on wasm with
- * "Kernel 'Conv2DBackpropFilter' not registered": no conv model can train there.
- * `Device` registers the kernels of this module when it brings up the wasm backend;
+ * `@tensorflow/tfjs-backend-wasm@4.22.0`, checked against the cpu backend by
+ * `GradientCheck` (`npm run check:gradients`, table in docs/backends.md):
+ * - lacks `Conv2DBackpropFilter` (every conv2d filter gradient fails with "Kernel
+ *   'Conv2DBackpropFilter' not registered"), `DepthwiseConv2dNativeBackpropFilter`
+ *   and `…BackpropInput` (depthwise and separable conv), and `UnsortedSegmentSum`
+ *   (the gradient of gather, so of every embedding);
+ * - computes `MaxPoolGrad`, `MaxPool3D` and `MaxPool3DGrad` wrongly whenever a
+ *   window's maximum is 0 or below (the running maximum starts at the smallest
+ *   positive float) and the pool gradients also for overlapping windows, and
+ *   `Conv3DBackpropFilterV2` / `Conv3DBackpropInputV2` wrongly (the filter gradient
+ *   for strides above 1, the input gradient always).
+ * `Device` registers the kernels of this module when it brings up the wasm backend
+ * (the missing ones only while still missing, the wrong ones in place of upstream's);
  * `register` is also public for code that sets up tfjs by hand.
  *
- * The filter gradient is a convolution itself. With `xp` the padded input,
+ * The conv2d filter gradient is a convolution itself. With `xp` the padded input,
  *
  *     dw[fh, fw, c, o] = Σ_{n, oh, ow} xp[n, fh + oh·sh, fw + ow·sw, c] · dy[n, oh, ow, o]
  *
@@ -17,8 +27,11 @@
  * computes conv2d gradients for dilation 1 only (its `Conv2D` gradient refuses
  * others), so the forward dilation never reaches this kernel.
  *
- * Gotcha: the kernel runs while the engine executes another kernel, so the tf ops it
- * calls are not recorded on a gradient tape (no gradient of the gradient).
+ * Gotchas: the kernels run while the engine executes another kernel, so the tf ops
+ * they call are not recorded on a gradient tape (no gradient of the gradient); and
+ * the composites cost more ops than a native kernel (the max pool gradient one
+ * strided slice, compare and scatter per window offset; the depthwise gradients a
+ * full convolution with a block-diagonal filter, C times the depthwise work).
  *
  * @since 0.1.0
  */
