@@ -466,25 +466,34 @@ export const depthwiseConv2DBackpropInput = (
     inputShape: attrs.inputShape
   } as unknown as tf.NamedAttrMap) as tf.Tensor4D
 
+/** tfjs differentiates depthwise convolutions for dilation 1 only; say so rather than ignore another. */
+const assertNoDilation = (kernel: string, dilations: number | [number, number]): void => {
+  if (pair(dilations).some((d) => d !== 1)) {
+    throw new Error(`${kernel} on wasm (effect-trainer's kernel): dilations above 1 are not supported`)
+  }
+}
+
 /** The `DepthwiseConv2dNativeBackpropFilter` kernel: see `depthwiseConv2DBackpropFilter`. */
 export const depthwiseConv2DBackpropFilterKernel: tf.KernelFunc = ({ attrs, backend, inputs }) =>
-  tf.tidy(() =>
-    depthwiseConv2DBackpropFilter(
+  tf.tidy(() => {
+    assertNoDilation(tf.DepthwiseConv2dNativeBackpropFilter, (attrs as unknown as tf.DepthwiseConv2dNativeBackpropFilterAttrs).dilations)
+    return depthwiseConv2DBackpropFilter(
       asTensor4D(inputs["x"]!, backend as tf.KernelBackend),
       asTensor4D(inputs["dy"]!, backend as tf.KernelBackend),
       attrs as unknown as tf.DepthwiseConv2dNativeBackpropFilterAttrs
     )
-  )
+  })
 
 /** The `DepthwiseConv2dNativeBackpropInput` kernel: see `depthwiseConv2DBackpropInput`. */
 export const depthwiseConv2DBackpropInputKernel: tf.KernelFunc = ({ attrs, backend, inputs }) =>
-  tf.tidy(() =>
-    depthwiseConv2DBackpropInput(
+  tf.tidy(() => {
+    assertNoDilation(tf.DepthwiseConv2dNativeBackpropInput, (attrs as unknown as tf.DepthwiseConv2dNativeBackpropInputAttrs).dilations)
+    return depthwiseConv2DBackpropInput(
       asTensor4D(inputs["dy"]!, backend as tf.KernelBackend),
       asTensor4D(inputs["filter"]!, backend as tf.KernelBackend),
       attrs as unknown as tf.DepthwiseConv2dNativeBackpropInputAttrs
     )
-  )
+  })
 
 // ---------------------------------------------------------------------------
 // UnsortedSegmentSum (missing on wasm; the gradient of gather, so of embedding)
