@@ -498,7 +498,8 @@ export const table = (rows: ReadonlyArray<Row>, perLayer = false): string => {
     const cells = perLayer
       ? [row.layer, String(row.cases), row.name, row.backend]
       : [row.layer, row.name, row.backend]
-    return `| ${[...cells, formatNumber(row.worstAbs), formatNumber(row.worstRel), formatNumber(row.tolerance), verdict].join(" | ")} |`
+    const errors = row.error === undefined ? [formatNumber(row.worstAbs), formatNumber(row.worstRel)] : ["—", "—"]
+    return `| ${[...cells, ...errors, formatNumber(row.tolerance), verdict].join(" | ")} |`
   })
   return [header, ...lines].join("\n")
 }
