@@ -17,8 +17,9 @@
  * - `tensorflow` needs the optional peers `@tensorflow/tfjs-node(-gpu)`, which
  *   download libtensorflow on install; they are loaded with a dynamic `import()`,
  *   and `auto` falls back to `wasm`, then `cpu`, with a log line.
- * - On `wasm`, kernels the backend lacks are registered (see `WasmKernels`), so conv
- *   models train there.
+ * - On `wasm`, kernels the backend lacks or computes wrongly are registered (see
+ *   `WasmKernels`), so conv, pooling and embedding models train there on the same
+ *   gradients as on `cpu` (`GradientCheck` holds them to it).
  *
  * @since 0.1.0
  */

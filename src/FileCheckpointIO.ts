@@ -117,9 +117,9 @@ const isNotFound = (error: PlatformError.PlatformError): boolean =>
 export interface Options {
   /**
    * The most bytes of tensor memory one `load` may allocate; a checkpoint that needs
-   * more fails with `CheckpointTooLarge` before anything is allocated. Default: no
-   * bound but the file's size (`make`, `layer`), half of the machine's memory
-   * (`layerNode`). An allocation the runtime refuses is a `CheckpointTooLarge` either way.
+   * more fails with `CheckpointTooLarge` before anything is allocated. Default: half
+   * of the machine's memory (`defaultNodeMaxLoadBytes`); `Infinity` for no bound but
+   * the file's size. An allocation the runtime refuses is a `CheckpointTooLarge` either way.
    */
   readonly maxLoadBytes?: number | undefined
   /**
@@ -133,7 +133,7 @@ export interface Options {
   readonly writerIdentity?: string | undefined
 }
 
-/** `layerNode`'s default `maxLoadBytes`: half of the machine's memory. */
+/** The default `maxLoadBytes`: half of the machine's memory. */
 export const defaultNodeMaxLoadBytes = (): number => Math.floor(totalmem() / 2)
 
 type ReadOpener = (target: string) => Effect.Effect<SafeTensors.ByteSource<CheckpointIOError>, CheckpointIOError, Scope.Scope>
@@ -444,7 +444,8 @@ const makeInternal = (
  */
 export const makeWith = (
   options: Options = {}
-): Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> => makeInternal(options, undefined)
+): Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> =>
+  makeInternal({ ...options, maxLoadBytes: options.maxLoadBytes ?? defaultNodeMaxLoadBytes() }, undefined)
 
 /** The file store with default options (see `makeWith`). */
 export const make: Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> = makeWith()

@@ -257,7 +257,7 @@ const chooseCheckpointIO = <E, R>(strategy: StrategyShape, plugin: Layer.Layer<C
       ? strategy.checkpointIO!
       : Option.isSome(inContext)
       ? inContext.value
-      : yield* FileCheckpointIO.make
+      : yield* FileCheckpointIO.make // on the FileSystem in context, loads bounded by memory
     if (shadowed && Option.isSome(inContext) && io !== inContext.value) {
       yield* Effect.logWarning(
         `Trainer: checkpoints go to the CheckpointIO of ${
