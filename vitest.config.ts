@@ -5,12 +5,29 @@ import { defineConfig } from "vitest/config"
 // every npm script, and so for child processes, by .npmrc's node-options).
 const conditions = ["@effect-trainer/source"]
 
+/**
+ * The second tier: harnesses that spawn and kill processes or run benchmarks end to
+ * end. `npm test` runs the quick tier ("quick"), `npm run test:slow` this one; CI
+ * (.ci/run) runs both. Nothing here has a wall-clock limit but a hang watchdog.
+ */
+const slow = [
+  "test/bench-suite.test.ts",
+  "test/bench.test.ts",
+  "test/examples-sighup.test.ts",
+  "test/reliability/crash.test.ts",
+  "test/reliability/interrupt.test.ts",
+  "test/reliability/retention.test.ts"
+]
+
 export default defineConfig({
   resolve: { conditions },
   ssr: { resolve: { conditions, externalConditions: conditions } },
   test: {
-    include: ["test/**/*.test.ts"],
-    testTimeout: 60_000,
-    hookTimeout: 60_000
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    projects: [
+      { extends: true, test: { name: "quick", include: ["test/**/*.test.ts"], exclude: slow } },
+      { extends: true, test: { name: "slow", include: slow } }
+    ]
   }
 })

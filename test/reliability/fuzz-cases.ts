@@ -16,7 +16,9 @@
  * - allocations during a load (ArrayBuffers and typed arrays, counted through the
  *   global constructors) stay under 8 × the file size + 1 MiB: above that the
  *   allocation is refused (thrown), which the oracle reports as a defect;
- * - each load takes under `slowMs` (a watchdog in `fuzz.ts` catches a true hang).
+ * - no load hangs (a watchdog in `fuzz.ts` fails a case that makes no progress for
+ *   tens of seconds); the slowest load is reported, never a failure, because load
+ *   time on a shared machine says nothing about correctness (speed is for bench/).
  */
 import { Effect, Exit, Option } from "effect"
 import * as Checkpoint from "../../src/Checkpoint.ts"
@@ -31,8 +33,6 @@ export interface FuzzOptions {
   readonly mode?: "random" | "crafted" | undefined
   readonly cases?: number
   readonly seed?: number
-  /** A load slower than this is a failure (default 2000 ms). */
-  readonly slowMs?: number
   /** Only this case seed (to replay a failure). */
   readonly onlySeed?: number
 }
@@ -558,7 +558,7 @@ export const craftedCases = (): ReadonlyArray<Crafted> => {
 }
 
 /** Loads each crafted file with a tight allocation bound (2 × its size + 1 MiB). */
-const runCrafted = async (slowMs: number, onCase: (report: CaseReport) => void, tracker?: Tracker): Promise<FuzzOutcome> => {
+const runCrafted = async (onCase: (report: CaseReport) => void, tracker?: Tracker): Promise<FuzzOutcome> => {
   const failures: Array<Failure> = []
   let loaded = 0
   let worst = 0
@@ -579,7 +579,6 @@ const runCrafted = async (slowMs: number, onCase: (report: CaseReport) => void, 
     }
     slowest = Math.max(slowest, elapsed)
     const fail = (message: string) => failures.push({ seed: index, message: `crafted "${c.name}": ${message}` })
-    if (elapsed > slowMs) fail(`the load took ${elapsed.toFixed(0)} ms`)
     if (Exit.isFailure(exit)) {
       const reason = exit.cause.reasons.find((r) => r._tag === "Fail")
       if (reason === undefined || reason._tag !== "Fail") fail(`a defect: ${String(exit.cause).slice(0, 300)}`)
@@ -617,8 +616,7 @@ export const runFuzzCases = async (
 ): Promise<FuzzOutcome> => {
   const cases = options.cases ?? 10_000
   const seed = options.seed ?? 1
-  const slowMs = options.slowMs ?? 2000
-  if (options.mode === "crafted") return runCrafted(slowMs, onCase, tracker)
+  if (options.mode === "crafted") return runCrafted(onCase, tracker)
   const bases = await Effect.runPromise(makeBases)
   const totalWeight = bases.reduce((n, b) => n + b.weight, 0)
   const failures: Array<Failure> = []
@@ -656,7 +654,6 @@ export const runFuzzCases = async (
     }
     slowest = Math.max(slowest, elapsed)
     const fail = (message: string) => failures.push({ seed: caseSeed, message: `${label}: ${message}` })
-    if (elapsed > slowMs) fail(`the load took ${elapsed.toFixed(0)} ms`)
     if (Exit.isFailure(exit)) {
       const error = exit.cause.reasons.find((r) => r._tag === "Fail")
       if (error === undefined || error._tag !== "Fail") {

@@ -12,7 +12,7 @@ export const runCorruptionFuzz = (options: FuzzOptions & { readonly hangMs?: num
     const worker = new Worker(new URL("./fuzz-worker.ts", import.meta.url), { workerData: options })
     let current: CaseReport | undefined
     let lastProgress = Date.now()
-    const hangMs = options.hangMs ?? 20_000
+    const hangMs = options.hangMs ?? 60_000
     const watchdog = setInterval(() => {
       if (Date.now() - lastProgress < hangMs) return
       clearInterval(watchdog)

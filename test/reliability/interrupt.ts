@@ -86,7 +86,6 @@ const runTrial = async (
     else {
       if (run.signal !== null) fail(`killed by ${run.signal} instead of exiting cleanly`)
       if (run.code !== 130 && run.code !== 143) fail(`exit code ${run.code}, expected 130 or 143\n${run.output.slice(-600)}`)
-      if (exitMs > 15_000) fail(`took ${exitMs} ms to exit after the signal`)
     }
     const released = run.journal.find((e) => e.op === "released")
     if (released?.op !== "released") fail("no sign that the Device was released")
