@@ -74,7 +74,11 @@
  * offers the newest `last.ckpt` / `last-vN.ckpt` found there. The callback's state
  * (best paths and scores, `dirpath`) goes into every checkpoint under its `stateKey`
  * and comes back on resume; resumed into another `dirpath`, only `bestModelPath` is
- * kept, as in Lightning.
+ * kept, as in Lightning. A run killed between a top-k commit and its `last.ckpt`
+ * commit leaves a file the resumed state does not track: when the resumed run comes
+ * to that name again, it takes the file over (overwrites and tracks it, no `-v1`
+ * copy) if the file's own saved state proves it was written by this callback in this
+ * `dirpath` after the resumed step; any other existing file keeps the version counter.
  *
  * @example
  * ```ts
@@ -489,6 +493,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   /** The newest checkpoint this callback wrote, and at which global step. */
   #newest: { readonly path: string; readonly step: number } | undefined = undefined
   #lastGlobalStepSaved = 0
+  /** The global step of the checkpoint this fit resumed from (set by `onLoadCheckpoint`). */
+  #resumedStep: number | undefined = undefined
   #lastTimeChecked: number | undefined = undefined
   #validatedThisFit = false
   #validatedThisEpoch = false
@@ -727,6 +733,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       this.#validatedThisEpoch = false
       this.#pendingValidationSave = false
       this.#lastGlobalStepSaved = 0
+      this.#resumedStep = undefined
       // The Trainer resolves `ckptPath: "last"` after setup: offer the newest last
       // checkpoint in dirpath, so that a fresh callback can resume a previous run.
       const entries = yield* trainer.checkpointIO.list(this.#dirpath)
@@ -807,6 +814,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
     Effect.sync(() => {
       // The state resumed from is already saved: nothing to save again at this step.
       this.#lastGlobalStepSaved = meta.globalStep
+      this.#resumedStep = meta.globalStep
     })
 
   /**
@@ -883,12 +891,43 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       let path = this.formatCheckpointName(candidates, options)
       if (!this.#options.enableVersionCounter) return path
       let version = ModelCheckpoint.startingVersion
-      while (path !== replacing && (yield* trainer.checkpointIO.exists(path))) {
+      while (path !== replacing && (yield* trainer.checkpointIO.exists(path)) && !(yield* this.#isOwnLeftover(trainer, path))) {
         path = this.formatCheckpointName(candidates, { ...options, ver: version })
         version++
       }
       return path
     })
+  }
+
+  /**
+   * Is `path` a checkpoint this run wrote after the one it resumed from, that the
+   * resumed state does not track (a kill between a top-k commit and the `last.ckpt`
+   * commit)? Then the resumed run, arriving at the same name again, takes it over
+   * (overwrites it and tracks it) instead of leaving it behind under a `-vN` name.
+   * Proof of ownership is the file's own saved state: it records itself, under this
+   * callback's state key, in this `dirpath`, at a later step. Anything that cannot be
+   * read that way is someone else's and keeps the version counter.
+   */
+  #isOwnLeftover(trainer: Callback.TrainerState, path: string): Effect.Effect<boolean> {
+    return Effect.gen({ self: this }, function*() {
+      const resumed = this.#resumedStep
+      if (resumed === undefined || trainer.resumedFrom === undefined || samePath(path, trainer.resumedFrom)) return false
+      if (this.#dirpath === undefined || posix.dirname(posix.resolve(path)) !== posix.resolve(this.#dirpath)) return false
+      for (const tracked of [this.#bestModelPath, this.#lastModelPath, this.#newest?.path, ...this.#bestKModels.keys()]) {
+        if (tracked !== undefined && samePath(path, tracked)) return false
+      }
+      const checkpoint = yield* trainer.checkpointIO.load(path, { weightsOnly: true })
+      if (Option.isNone(checkpoint.meta) || checkpoint.meta.value.globalStep <= resumed) return false
+      const state = checkpoint.meta.value.callbacks?.[this.stateKey]
+      if (typeof state !== "object" || state === null || Array.isArray(state)) return false
+      const saved = state as { readonly [key: string]: Json }
+      if (typeof saved["dirpath"] !== "string" || !samePath(saved["dirpath"], this.#dirpath)) return false
+      const models = saved["bestKModels"]
+      const recordsItself = saved["bestModelPath"] === path ||
+        (typeof models === "object" && models !== null && !Array.isArray(models) && Object.hasOwn(models, path))
+      if (recordsItself) yield* Effect.logInfo(`ModelCheckpoint: taking over ${path}, left by the run this one resumed (written after ${trainer.resumedFrom})`)
+      return recordsItself
+    }).pipe(Effect.catch(() => Effect.succeed(false)))
   }
 
   #save(trainer: Callback.TrainerState, path: string): Effect.Effect<void, Callback.HookError> {

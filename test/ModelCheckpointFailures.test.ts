@@ -5,7 +5,7 @@
  */
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, FileSystem, Layer, Logger } from "effect"
+import { Effect, FileSystem, Layer, Logger, Option } from "effect"
 import * as posix from "node:path/posix"
 import * as AsyncCheckpointIO from "../src/AsyncCheckpointIO.ts"
 import { CheckpointIO, type CheckpointIOShape, CheckpointStorageError } from "../src/CheckpointIO.ts"
@@ -160,4 +160,42 @@ describe("ModelCheckpoint and failed saves", () => {
       assert.deepStrictEqual((yield* io.takeFailures).map((f) => posix.basename(f.path)), ["exception-epoch=0-step=2.ckpt"])
     }).pipe(Effect.provide(layer))
   })
+
+  it.effect("issue 12.9: a top-k file committed just before a kill (no last.ckpt yet) is taken over on resume, not left untracked", () =>
+    Effect.gen(function*() {
+      const files = new Map<string, MemoryCheckpointIO.StoredFile>()
+      const memory = yield* Effect.provideService(MemoryCheckpointIO.make, MemoryCheckpointIO.MemoryStore, { files })
+      let killed = false
+      // The first run is killed at step 3, after its top-k file and before last.ckpt.
+      const io: CheckpointIOShape = {
+        ...memory,
+        save: (c, p, o) =>
+          !killed && p.endsWith("last.ckpt") && Option.getOrUndefined(c.meta)?.globalStep === 3
+            ? Effect.andThen(Effect.sync(() => void (killed = true)), Effect.die(new Error("SIGKILL")))
+            : memory.save(c, p, o)
+      }
+      const options: ModelCheckpoint.Options = { dirpath: "/m", monitor: "val_loss", saveTopK: 2, saveLast: true }
+      const first = yield* ModelCheckpoint.make(options)
+      const t1 = fakeTrainer(io, () => [first])
+      yield* first.setup(t1, "fit")
+      yield* epochEnd(first, t1, 0, 1, { val_loss: 5 })
+      yield* epochEnd(first, t1, 1, 2, { val_loss: 4 })
+      yield* Effect.exit(epochEnd(first, t1, 2, 3, { val_loss: 3 }))
+      assert.isTrue(files.has("/m/epoch=2-step=3.ckpt"), "the top-k file was committed before the kill")
+
+      // Resume from last.ckpt (step 2), as the Trainer does, and reach step 3 again.
+      const resumed = yield* ModelCheckpoint.make(options)
+      const t2 = fakeTrainer(io, () => [resumed])
+      t2.resumedFrom = "/m/last.ckpt"
+      yield* resumed.setup(t2, "fit")
+      const meta = Option.getOrThrow((yield* io.load("/m/last.ckpt")).meta)
+      yield* resumed.loadStateDict(meta.callbacks[resumed.stateKey]!)
+      yield* resumed.onLoadCheckpoint(t2, meta)
+      yield* epochEnd(resumed, t2, 2, 3, { val_loss: 3 })
+      yield* epochEnd(resumed, t2, 3, 4, { val_loss: 2 })
+      assert.deepStrictEqual([...resumed.bestKModels.keys()].sort(), ["/m/epoch=2-step=3.ckpt", "/m/epoch=3-step=4.ckpt"])
+      // No `-v1` copy, and the file left by the kill is tracked (so rotation will handle it).
+      assert.deepStrictEqual(names(files, "/m"), ["epoch=2-step=3.ckpt", "epoch=3-step=4.ckpt", "last.ckpt"])
+    }))
 })
+
