@@ -14,13 +14,21 @@
  * - Operations on one path keep their order: `load`, `exists` and `remove` of a
  *   path wait for its pending saves, so a save followed by a remove leaves no file
  *   and a load right after a save finds it. Two saves of one path commit in order.
- *   `list` shows committed checkpoints only.
- * - A failed background save is reported, as `BackgroundSaveFailed` naming the file
- *   and the reason, by the next call (before it queues anything) or by `flush`,
- *   exactly once; the saves after it work as usual.
- * - `flush` waits for everything accepted so far. Closing the Layer's scope flushes,
- *   then the wrapped store's own scope closes (its teardown runs). A save is atomic
- *   in the wrapped store, so an interrupted one leaves no file under its final name.
+ *   "One path" is the wrapped store's `identify`: a relative and an absolute
+ *   spelling, or a directory reached through a symlink, are one path on the file
+ *   store. `list` shows committed checkpoints only.
+ * - A failed background save never fails an unrelated call: every operation fails
+ *   only for itself (an `exists` of the failed path answers `false`). The failures
+ *   are handed out exactly once, by `takeFailures` (at once, as a list naming each
+ *   file and reason; what `ModelCheckpoint` calls at each save event) or by `flush`
+ *   (after waiting, as `BackgroundSaveFailed`); the saves after one work as usual.
+ * - `flush` waits for everything accepted so far. Closing the Layer's scope refuses
+ *   new saves (`CheckpointInvalidArgument`: the pool is closed), flushes for at most
+ *   `closeTimeout` (default 60 s; then it logs and interrupts the writes left), then
+ *   the wrapped store's own scope closes (its teardown runs). A save is atomic in the
+ *   wrapped store, so an interrupted one leaves no file under its final name. A save
+ *   that fails before it is queued (a bad snapshot, a closed pool, an interruption
+ *   while waiting for room) gives its room back and leaves no pending entry.
  * - Checksums run on a worker thread (`ChecksumWorker`), so the main thread, where
  *   training runs, only orchestrates I/O that itself runs off-thread.
  * - Each background save is a span (`AsyncCheckpointIO.write`, with the path, bytes
@@ -34,11 +42,11 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Deferred, Effect, FiberSet, Layer, Metric, Semaphore } from "effect"
-import * as posix from "node:path/posix"
+import { Cause, Clock, Deferred, Duration, Effect, FiberSet, Layer, Metric, Option, Semaphore } from "effect"
 import { arrayConstructor, type Checkpoint, type HostTensor, type TensorData } from "./Checkpoint.ts"
 import * as ChecksumWorker from "./ChecksumWorker.ts"
 import {
+  type BackgroundFailure,
   BackgroundSaveFailed,
   CheckpointInvalidArgument,
   CheckpointIO,
@@ -58,6 +66,12 @@ export interface Options {
   readonly maxPending?: number | undefined
   /** Checksum on a worker thread (default true). */
   readonly checksumWorker?: boolean | undefined
+  /**
+   * How long closing the Layer's scope waits for pending saves (default 60 seconds):
+   * after that it logs an error and interrupts the writes left (each leaves no file
+   * under its final name), so a hung write cannot hang the program's exit.
+   */
+  readonly closeTimeout?: Duration.Input | undefined
 }
 
 const queuedMs = Metric.histogram("checkpoint_async_queued_ms", {
@@ -127,28 +141,43 @@ export const make = (options?: Options) =>
         })
       }
     }
+    const closeTimeout = Duration.fromInput(options?.closeTimeout ?? "60 seconds")
+    if (Option.isNone(closeTimeout)) {
+      return yield* new CheckpointInvalidArgument({
+        operation: "flush",
+        path: "",
+        reason: `AsyncCheckpointIO option closeTimeout must be a duration, got ${String(options?.closeTimeout)}`
+      })
+    }
     const writers = yield* Semaphore.make(concurrency)
     const memory = yield* Semaphore.make(maxPending)
     const fibers = yield* FiberSet.make<void, never>()
     const checksums = options?.checksumWorker === false ? undefined : yield* ChecksumWorker.make
-    /** Per path: completes when the newest accepted save of that path has finished. */
+    /** Per path identity (`base.identify`): completes when its newest accepted save has finished. */
     const pending = new Map<string, Deferred.Deferred<void>>()
-    let failures: Array<{ readonly path: string; readonly error: CheckpointIOError }> = []
+    let failures: Array<BackgroundFailure> = []
+    /** Set when the Layer's scope begins to close: no save is accepted after that. */
+    let closed = false
 
-    const key = (path: string) => posix.normalize(path)
-
-    const report = Effect.suspend(() => {
-      if (failures.length === 0) return Effect.void
-      const reported = failures
+    const take = Effect.sync((): ReadonlyArray<BackgroundFailure> => {
+      const taken = failures
       failures = []
-      return Effect.fail(new BackgroundSaveFailed({ failures: reported }))
+      return taken
     })
 
+    const takeFailures: CheckpointIOShape["takeFailures"] = Effect.gen(function*() {
+      const own = yield* take
+      const inner = yield* base.takeFailures
+      return inner.length === 0 ? own : [...own, ...inner]
+    })
+
+    /** Waits for the pending saves of `path`, whatever its spelling. */
     const settled = (path: string) =>
-      Effect.suspend(() => {
-        const done = pending.get(key(path))
-        return done === undefined ? Effect.void : Deferred.await(done)
-      })
+      Effect.flatMap(base.identify(path), (id) =>
+        Effect.suspend(() => {
+          const done = pending.get(id)
+          return done === undefined ? Effect.void : Deferred.await(done)
+        }))
 
     const record = (path: string) => (cause: Cause.Cause<CheckpointIOError>) =>
       Effect.sync(() => {
@@ -157,6 +186,19 @@ export const make = (options?: Options) =>
           new CheckpointStorageError({ operation: "save", path, reason: "Other", cause: Cause.squash(cause) })
         failures.push({ path, error })
       })
+
+    const refuseClosed = (operation: "save" | "copy", path: string) =>
+      Effect.suspend(() =>
+        closed || fibers.state._tag === "Closed"
+          ? Effect.fail(
+            new CheckpointInvalidArgument({
+              operation,
+              path,
+              reason: "AsyncCheckpointIO is closed (its Layer's scope has ended): build a new one to save"
+            })
+          )
+          : Effect.void
+      )
 
     const write = (snapshot: Checkpoint, path: string, options: SaveOptions | undefined, queuedAt: number) =>
       Effect.gen(function*() {
@@ -172,62 +214,78 @@ export const make = (options?: Options) =>
       }).pipe(Effect.withSpan("AsyncCheckpointIO.write"))
 
     const save: CheckpointIOShape["save"] = Effect.fn("AsyncCheckpointIO.save")(function*(checkpoint, path, options) {
-      yield* report
+      yield* refuseClosed("save", path)
       // A checkpoint that can never be written fails now, not in the background.
       yield* checkPath("save", path)
       yield* SafeTensors.validate(checkpoint, path)
-      // Backpressure: wait for room before taking anything into memory.
-      yield* Effect.uninterruptibleMask((restore) => Effect.andThen(restore(memory.take(1)), Effect.gen(function*() {
-        const snapshot: Checkpoint = {
-          ...checkpoint,
-          tensors: snapshotTensors(checkpoint.tensors, options?.snapshot ?? "copy")
-        }
-        const k = key(path)
-        const previous = pending.get(k)
-        const done = yield* Deferred.make<void>()
-        pending.set(k, done)
-        const queuedAt = yield* Clock.currentTimeMillis
-        const job = Effect.gen(function*() {
-          // A second save of one path commits after the first.
-          if (previous !== undefined) yield* Deferred.await(previous)
-          yield* writers.withPermits(1)(write(snapshot, path, options, queuedAt))
-        }).pipe(
-          Effect.catchCause(record(path)),
-          Effect.ensuring(Effect.gen(function*() {
-            yield* memory.release(1)
-            if (pending.get(k) === done) pending.delete(k)
-            yield* Deferred.succeed(done, undefined)
-          }))
-        )
-        yield* FiberSet.run(fibers, job, { startImmediately: true })
-      })))
+      const id = yield* base.identify(path)
+      // Backpressure: wait for room before taking anything into memory. From the
+      // permit on, every way out (a failure, a defect, a closed pool) gives it back,
+      // and the per-path entry is settled by the job or not made at all.
+      yield* Effect.uninterruptibleMask((restore) =>
+        Effect.gen(function*() {
+          yield* restore(memory.take(1))
+          yield* Effect.gen(function*() {
+            yield* refuseClosed("save", path)
+            const tensors = yield* Effect.try({
+              try: () => snapshotTensors(checkpoint.tensors, options?.snapshot ?? "copy"),
+              catch: (cause) =>
+                new CheckpointInvalidArgument({ operation: "save", path, reason: `could not take a snapshot of the tensors: ${String(cause)}` })
+            })
+            const snapshot: Checkpoint = { ...checkpoint, tensors }
+            const queuedAt = yield* Clock.currentTimeMillis
+            const previous = pending.get(id)
+            const done = Deferred.makeUnsafe<void>()
+            const job = Effect.gen(function*() {
+              // A second save of one path commits after the first.
+              if (previous !== undefined) yield* Deferred.await(previous)
+              yield* writers.withPermits(1)(write(snapshot, path, options, queuedAt))
+            }).pipe(
+              Effect.catchCause(record(path)),
+              Effect.ensuring(Effect.gen(function*() {
+                yield* memory.release(1)
+                if (pending.get(id) === done) pending.delete(id)
+                yield* Deferred.succeed(done, undefined)
+              }))
+            )
+            pending.set(id, done)
+            yield* FiberSet.run(fibers, job, { startImmediately: true }).pipe(
+              Effect.onExit((exit) =>
+                Effect.sync(() => {
+                  // Not forked (a defect): the job will never settle the entry.
+                  if (exit._tag === "Failure" && pending.get(id) === done) {
+                    if (previous === undefined) pending.delete(id)
+                    else pending.set(id, previous)
+                  }
+                })
+              )
+            )
+          }).pipe(Effect.onExit((exit) => exit._tag === "Failure" ? memory.release(1) : Effect.void))
+        })
+      )
     })
 
     const load: CheckpointIOShape["load"] = Effect.fn("AsyncCheckpointIO.load")(function*(path, options) {
-      yield* report
       yield* settled(path)
       return yield* base.load(path, options)
     })
 
     const remove: CheckpointIOShape["remove"] = Effect.fn("AsyncCheckpointIO.remove")(function*(path) {
-      yield* report
       yield* settled(path)
       yield* base.remove(path)
     })
 
     const exists: CheckpointIOShape["exists"] = Effect.fn("AsyncCheckpointIO.exists")(function*(path) {
-      yield* report
       yield* settled(path)
       return yield* base.exists(path)
     })
 
     const list: CheckpointIOShape["list"] = Effect.fn("AsyncCheckpointIO.list")(function*(dir) {
-      yield* report
       return yield* base.list(dir)
     })
 
     const copy: CheckpointIOShape["copy"] = Effect.fn("AsyncCheckpointIO.copy")(function*(source, target) {
-      yield* report
+      yield* refuseClosed("copy", target)
       // The source's pending save first, then the target's (so an older save cannot land on top).
       yield* settled(source)
       yield* settled(target)
@@ -237,18 +295,31 @@ export const make = (options?: Options) =>
     const flush: CheckpointIOShape["flush"] = Effect.gen(function*() {
       yield* FiberSet.awaitEmpty(fibers)
       yield* base.flush
-      yield* report
+      const taken = yield* take
+      if (taken.length > 0) return yield* new BackgroundSaveFailed({ failures: taken })
     }).pipe(Effect.withSpan("AsyncCheckpointIO.flush"))
 
-    // Closing the scope: everything accepted is written before the wrapped store closes.
+    // Closing the scope: no new save is accepted; everything accepted is written
+    // (for at most `closeTimeout`, then the writes left are interrupted) before the
+    // wrapped store closes.
     yield* Effect.addFinalizer(() =>
-      flush.pipe(
-        Effect.catch((error) => Effect.logError(`AsyncCheckpointIO: ${error.message}`)),
-        Effect.withSpan("AsyncCheckpointIO.close")
-      )
+      Effect.suspend(() => {
+        closed = true
+        return flush.pipe(
+          Effect.interruptible,
+          Effect.timeout(closeTimeout.value),
+          Effect.catchTag("TimeoutError", () =>
+            Effect.logError(
+              `AsyncCheckpointIO: gave up waiting for pending saves after ${Duration.format(closeTimeout.value)} ` +
+                `while closing; the saves not yet committed are interrupted (no partial file is left)`
+            )),
+          Effect.catch((error) => Effect.logError(`AsyncCheckpointIO: ${error.message}`)),
+          Effect.withSpan("AsyncCheckpointIO.close")
+        )
+      })
     )
 
-    return { save, load, remove, exists, list, flush, copy } satisfies CheckpointIOShape
+    return { save, load, remove, exists, list, flush, copy, takeFailures, identify: base.identify } satisfies CheckpointIOShape
   })
 
 /**

@@ -13,6 +13,13 @@
  *   `CheckpointCorrupt` (naming the file and the reason) on any inconsistency.
  * - `remove` of a missing checkpoint succeeds; `list` shows committed checkpoints
  *   only (never temporary files).
+ * - Each operation fails only for itself: a background save that failed earlier (on
+ *   an asynchronous store) never fails an unrelated `save`, `load`, `exists`, `list`,
+ *   `remove` or `copy`. Such failures are handed out, exactly once, by
+ *   `takeFailures` (without waiting) or by `flush` (after waiting).
+ * - `identify` says which spellings name the same checkpoint (the file store: the
+ *   absolute path with its directory's symlinks resolved), so that a wrapper keeps
+ *   per-path order however a path is written.
  *
  * @since 0.1.0
  */
@@ -74,12 +81,19 @@ export class CheckpointInvalidArgument extends Data.TaggedError("CheckpointInval
   }
 }
 
+/** One background save that failed: the path it was saving to, and why. */
+export interface BackgroundFailure {
+  readonly path: string
+  readonly error: CheckpointIOError
+}
+
 /**
- * One or more background saves failed (an asynchronous store reports them on the
- * next call, and on `flush`, exactly once). Each failure names its file and reason.
+ * One or more background saves failed (an asynchronous store hands them out once,
+ * through `takeFailures` or `flush`, never through an unrelated call). Each failure
+ * names its file and reason.
  */
 export class BackgroundSaveFailed extends Data.TaggedError("BackgroundSaveFailed")<{
-  readonly failures: ReadonlyArray<{ readonly path: string; readonly error: CheckpointIOError }>
+  readonly failures: ReadonlyArray<BackgroundFailure>
 }> {
   override get message(): string {
     return `background save failed: ${this.failures.map((f) => f.error.message).join("; ")}`
@@ -175,10 +189,28 @@ export interface CheckpointIOShape {
   readonly exists: (path: string) => Effect.Effect<boolean, CheckpointIOError>
   readonly list: (dir: string) => Effect.Effect<ReadonlyArray<CheckpointEntry>, CheckpointIOError>
   /**
-   * Waits until every save accepted so far is committed, and reports a background
-   * save that failed. Immediate for synchronous stores.
+   * Waits until every save accepted so far is committed, then fails with
+   * `BackgroundSaveFailed` if background saves failed that `takeFailures` has not
+   * handed out yet (taking them: each failure is reported once). Immediate for
+   * synchronous stores.
    */
   readonly flush: Effect.Effect<void, CheckpointIOError>
+  /**
+   * Hands out the background saves that failed since the last `takeFailures` or
+   * `flush`, exactly once, without waiting for pending saves (empty for synchronous
+   * stores, whose `save` reports its own failure). What `ModelCheckpoint` calls at
+   * each save event to apply its `saveErrors` policy.
+   */
+  readonly takeFailures: Effect.Effect<ReadonlyArray<BackgroundFailure>>
+  /**
+   * The store's identity of a path: two paths with the same identity name the same
+   * checkpoint (`a/./b.ckpt` and `a/b.ckpt`; a relative and an absolute spelling; a
+   * directory reached through a symlink). The file store resolves the path to an
+   * absolute one with its directory's symlinks resolved (the file itself need not
+   * exist); the memory store normalises its key. `AsyncCheckpointIO` keys its
+   * per-path order by it. A wrapper should pass its inner store's `identify` on.
+   */
+  readonly identify: (path: string) => Effect.Effect<string, CheckpointIOError>
   /**
    * Makes `target` a checkpoint with the content of `source`, atomically (a reader
    * sees the previous `target` or the new one): a hard link where the storage
@@ -197,17 +229,27 @@ export const checkPath = (operation: Operation, path: string): Effect.Effect<voi
     ? Effect.fail(new CheckpointInvalidArgument({ operation, path, reason: "a checkpoint path must name a file" }))
     : Effect.void
 
+const noFailures: Effect.Effect<ReadonlyArray<BackgroundFailure>> = Effect.succeed([])
+
 /**
  * Builds a store from its operations. `flush` defaults to nothing to wait for;
- * `copy` defaults to a load of the source and a save to the target.
+ * `takeFailures` to none (a synchronous store); `identify` to the path as given;
+ * `copy` to a load of the source and a save to the target.
  */
 export const make = (
   operations:
-    & Omit<CheckpointIOShape, "flush" | "copy">
-    & { readonly flush?: CheckpointIOShape["flush"] | undefined; readonly copy?: CheckpointIOShape["copy"] | undefined }
+    & Omit<CheckpointIOShape, "flush" | "copy" | "takeFailures" | "identify">
+    & {
+      readonly flush?: CheckpointIOShape["flush"] | undefined
+      readonly copy?: CheckpointIOShape["copy"] | undefined
+      readonly takeFailures?: CheckpointIOShape["takeFailures"] | undefined
+      readonly identify?: CheckpointIOShape["identify"] | undefined
+    }
 ): CheckpointIOShape => ({
   ...operations,
   flush: operations.flush ?? Effect.void,
+  takeFailures: operations.takeFailures ?? noFailures,
+  identify: operations.identify ?? Effect.succeed,
   copy: operations.copy ?? ((source, target) => Effect.flatMap(operations.load(source), (c) => operations.save(c, target)))
 })
 

@@ -436,7 +436,30 @@ const makeInternal = (
     return entries
   })
 
-  return CheckpointIOMake({ save, load, remove, exists, list, copy })
+  /**
+   * The absolute path with the symlinks of its directory resolved: the nearest
+   * existing ancestor is resolved and the missing rest appended (the file, and even
+   * its directory, may not exist yet). The file itself is not followed: a save
+   * renames onto its name. An ancestor that cannot be resolved (no permission)
+   * leaves the absolute path as it is.
+   */
+  const identify: CheckpointIOShape["identify"] = (file) =>
+    Effect.gen(function*() {
+      const absolute = path.resolve(file)
+      const rest = [path.basename(absolute)]
+      for (let dir = path.dirname(absolute);; dir = path.dirname(dir)) {
+        const real = yield* fs.realPath(dir).pipe(
+          Effect.map(Option.some),
+          Effect.catchIf(isNotFound, () => Effect.succeed(Option.none<string>())),
+          Effect.catch(() => Effect.succeed(Option.some(dir)))
+        )
+        if (Option.isSome(real)) return path.join(real.value, ...rest.reverse())
+        if (path.dirname(dir) === dir) return absolute
+        rest.push(path.basename(dir))
+      }
+    })
+
+  return CheckpointIOMake({ save, load, remove, exists, list, copy, identify })
 })
 
 /**

@@ -10,7 +10,8 @@
  * times (they come from the `Clock`, so `TestClock` drives them).
  *
  * Paths are keys; they are normalised as POSIX paths (`a/./b` and `a/b` are one
- * checkpoint) and `list(dir)` lists the keys directly under `dir`.
+ * checkpoint, and `identify` returns that key) and `list(dir)` lists the keys
+ * directly under `dir`.
  *
  * @since 0.1.0
  */
@@ -125,7 +126,10 @@ export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect
       .map(([path, file]) => ({ path, modifiedAt: file.modifiedAt, size: file.bytes.byteLength }))
   })
 
-  return CheckpointIOMake({ save, load, remove, exists, list, copy })
+  // The same key as every operation uses: `a/./b.ckpt` and `a/b.ckpt` are one checkpoint.
+  const identify: CheckpointIOShape["identify"] = (path) => Effect.succeed(normalize(path))
+
+  return CheckpointIOMake({ save, load, remove, exists, list, copy, identify })
 })
 
 /**

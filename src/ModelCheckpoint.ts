@@ -24,14 +24,23 @@
  * directly inside its `dirpath`. A rotated-out checkpoint is removed only once its
  * replacement and the event's `last.ckpt` (whose state no longer tracks it) are
  * committed: the callback first asks `checkpointIO.exists` of both, which on
- * `AsyncCheckpointIO` waits for their pending saves (and reports a failed background
- * save as an error), and removes the old file only if both answered true. So a crash
+ * `AsyncCheckpointIO` waits for their pending saves (a failed one answers false),
+ * and removes the old file only if both answered true. So a crash
  * at any point leaves every checkpoint the newest `last.ckpt` tracks in storage. The
  * price on `AsyncCheckpointIO`: a save event that rotates a file out waits for its own
  * writes before training goes on (events that rotate nothing stay in the background).
  * `saveLast: "link"` also waits, since `copy` needs the source committed. A save
  * event that fails or is interrupted puts the bookkeeping back as it was before it
  * (see `saveErrors` for going on after a storage error).
+ *
+ * Background failures (an asynchronous store): at the start of each save event the
+ * callback takes the failed background saves (`checkpointIO.takeFailures`) and
+ * handles them by `saveErrors`: `"stop"` fails the fit with `BackgroundSaveFailed`
+ * naming each failed file, after this event's own saves; `"warn"` logs them, stops
+ * tracking files that are not in storage, and goes on. At the end of the fit
+ * (`onFitEnd`) it flushes the store under the same policy, so a `"warn"` run is not
+ * failed by the Trainer's final flush. A rotated-out file that cannot be removed
+ * (a directory, or a symlink to one, in its place) also goes by `saveErrors`.
  *
  * When it saves (by default at the end of every training epoch):
  * - `everyNTrainSteps`, `everyNEpochs` and `trainTimeInterval` are mutually
@@ -65,7 +74,11 @@
  * offers the newest `last.ckpt` / `last-vN.ckpt` found there. The callback's state
  * (best paths and scores, `dirpath`) goes into every checkpoint under its `stateKey`
  * and comes back on resume; resumed into another `dirpath`, only `bestModelPath` is
- * kept, as in Lightning.
+ * kept, as in Lightning. A run killed between a top-k commit and its `last.ckpt`
+ * commit leaves a file the resumed state does not track: when the resumed run comes
+ * to that name again, it takes the file over (overwrites and tracks it, no `-v1`
+ * copy) if the file's own saved state proves it was written by this callback in this
+ * `dirpath` after the resumed step; any other existing file keeps the version counter.
  *
  * @example
  * ```ts
@@ -82,7 +95,7 @@ import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
 import type { CheckpointMeta } from "./Checkpoint.ts"
-import type { BackgroundSaveFailed, CheckpointStorageError } from "./CheckpointIO.ts"
+import { BackgroundSaveFailed, type CheckpointStorageError } from "./CheckpointIO.ts"
 
 /** A `ModelCheckpoint` was configured in a way that can never work. */
 export class ModelCheckpointConfigError extends Data.TaggedError("ModelCheckpointConfigError")<{
@@ -128,11 +141,12 @@ export interface Options {
   /** Log each decision with `Effect.logInfo` (default false). */
   readonly verbose?: boolean | undefined
   /**
-   * What a storage error while saving does (`CheckpointStorageError`, or
-   * `BackgroundSaveFailed` from an asynchronous store): `"stop"` (default) fails the
-   * fit with it; `"warn"` logs a warning and training goes on, the callback tracking
-   * only checkpoints that are in storage (the next save event tries again). Other
-   * errors (an invalid checkpoint, a missing monitored metric) always stop.
+   * What a storage error while saving does (`CheckpointStorageError`, a background
+   * save that failed on an asynchronous store, taken at the next save event and at
+   * the end of the fit, or a rotated-out file that cannot be removed): `"stop"`
+   * (default) fails the fit with it; `"warn"` logs a warning and training goes on, the
+   * callback tracking only checkpoints that are in storage (the next save event tries
+   * again). Other errors (an invalid checkpoint, a missing monitored metric) always stop.
    */
   readonly saveErrors?: "stop" | "warn" | undefined
 }
@@ -479,6 +493,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   /** The newest checkpoint this callback wrote, and at which global step. */
   #newest: { readonly path: string; readonly step: number } | undefined = undefined
   #lastGlobalStepSaved = 0
+  /** The global step of the checkpoint this fit resumed from (set by `onLoadCheckpoint`). */
+  #resumedStep: number | undefined = undefined
   #lastTimeChecked: number | undefined = undefined
   #validatedThisFit = false
   #validatedThisEpoch = false
@@ -717,6 +733,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       this.#validatedThisEpoch = false
       this.#pendingValidationSave = false
       this.#lastGlobalStepSaved = 0
+      this.#resumedStep = undefined
       // The Trainer resolves `ckptPath: "last"` after setup: offer the newest last
       // checkpoint in dirpath, so that a fresh callback can resume a previous run.
       const entries = yield* trainer.checkpointIO.list(this.#dirpath)
@@ -790,10 +807,14 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       return this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none")
     })
 
+  /** The fit's pending saves are waited for here, and a background failure handled by `saveErrors`. */
+  readonly onFitEnd: Callback.Hook = (trainer) => this.#settle(trainer)
+
   readonly onLoadCheckpoint: Callback.Hook<[meta: CheckpointMeta]> = (_trainer, meta) =>
     Effect.sync(() => {
       // The state resumed from is already saved: nothing to save again at this step.
       this.#lastGlobalStepSaved = meta.globalStep
+      this.#resumedStep = meta.globalStep
     })
 
   /**
@@ -813,7 +834,12 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         Effect.gen({ self: this }, function*() {
           const path = yield* this.#freePath(t, candidates, { prefix: ModelCheckpoint.exceptionPrefix }, undefined)
           yield* this.#save(t, path)
-          yield* Effect.logInfo(`ModelCheckpoint: the fit ${what} at epoch ${t.currentEpoch}, step ${t.globalStep}; saved ${path}`)
+          // Logged once committed: on an asynchronous store `exists` waits for the save.
+          if (yield* t.checkpointIO.exists(path)) {
+            yield* Effect.logInfo(`ModelCheckpoint: the fit ${what} at epoch ${t.currentEpoch}, step ${t.globalStep}; saved ${path}`)
+          } else {
+            yield* Effect.logWarning(`ModelCheckpoint: the fit ${what} at epoch ${t.currentEpoch}, step ${t.globalStep}; ${path} could not be saved`)
+          }
         }))
     }).pipe(
       Effect.catchCause((failure) => Effect.logError(`ModelCheckpoint: could not save a checkpoint on exception: ${Cause.pretty(failure)}`))
@@ -865,12 +891,43 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       let path = this.formatCheckpointName(candidates, options)
       if (!this.#options.enableVersionCounter) return path
       let version = ModelCheckpoint.startingVersion
-      while (path !== replacing && (yield* trainer.checkpointIO.exists(path))) {
+      while (path !== replacing && (yield* trainer.checkpointIO.exists(path)) && !(yield* this.#isOwnLeftover(trainer, path))) {
         path = this.formatCheckpointName(candidates, { ...options, ver: version })
         version++
       }
       return path
     })
+  }
+
+  /**
+   * Is `path` a checkpoint this run wrote after the one it resumed from, that the
+   * resumed state does not track (a kill between a top-k commit and the `last.ckpt`
+   * commit)? Then the resumed run, arriving at the same name again, takes it over
+   * (overwrites it and tracks it) instead of leaving it behind under a `-vN` name.
+   * Proof of ownership is the file's own saved state: it records itself, under this
+   * callback's state key, in this `dirpath`, at a later step. Anything that cannot be
+   * read that way is someone else's and keeps the version counter.
+   */
+  #isOwnLeftover(trainer: Callback.TrainerState, path: string): Effect.Effect<boolean> {
+    return Effect.gen({ self: this }, function*() {
+      const resumed = this.#resumedStep
+      if (resumed === undefined || trainer.resumedFrom === undefined || samePath(path, trainer.resumedFrom)) return false
+      if (this.#dirpath === undefined || posix.dirname(posix.resolve(path)) !== posix.resolve(this.#dirpath)) return false
+      for (const tracked of [this.#bestModelPath, this.#lastModelPath, this.#newest?.path, ...this.#bestKModels.keys()]) {
+        if (tracked !== undefined && samePath(path, tracked)) return false
+      }
+      const checkpoint = yield* trainer.checkpointIO.load(path, { weightsOnly: true })
+      if (Option.isNone(checkpoint.meta) || checkpoint.meta.value.globalStep <= resumed) return false
+      const state = checkpoint.meta.value.callbacks?.[this.stateKey]
+      if (typeof state !== "object" || state === null || Array.isArray(state)) return false
+      const saved = state as { readonly [key: string]: Json }
+      if (typeof saved["dirpath"] !== "string" || !samePath(saved["dirpath"], this.#dirpath)) return false
+      const models = saved["bestKModels"]
+      const recordsItself = saved["bestModelPath"] === path ||
+        (typeof models === "object" && models !== null && !Array.isArray(models) && Object.hasOwn(models, path))
+      if (recordsItself) yield* Effect.logInfo(`ModelCheckpoint: taking over ${path}, left by the run this one resumed (written after ${trainer.resumedFrom})`)
+      return recordsItself
+    }).pipe(Effect.catch(() => Effect.succeed(false)))
   }
 
   #save(trainer: Callback.TrainerState, path: string): Effect.Effect<void, Callback.HookError> {
@@ -921,8 +978,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       // `onException` makes, say) records a checkpoint that is not in storage.
       const before = this.#bookkeeping()
       const guarded = event.pipe(Effect.onError(() => Effect.sync(() => this.#restore(before))))
-      if (this.#options.saveErrors === "stop") return guarded
-      return guarded.pipe(
+      const own = this.#options.saveErrors === "stop" ? guarded : guarded.pipe(
         Effect.catchIf(
           (error): error is CheckpointStorageError | BackgroundSaveFailed =>
             error._tag === "CheckpointStorageError" || error._tag === "BackgroundSaveFailed",
@@ -936,7 +992,41 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
             })
         )
       )
+      // Earlier background saves that failed (an asynchronous store) are taken here and
+      // handled by `saveErrors`; this event's own saves happen either way.
+      return Effect.gen({ self: this }, function*() {
+        const failures = yield* trainer.checkpointIO.takeFailures
+        if (failures.length === 0) return yield* own
+        const failed = new BackgroundSaveFailed({ failures })
+        yield* this.#forgetMissing(trainer)
+        if (this.#options.saveErrors === "warn") {
+          yield* Effect.logWarning(`ModelCheckpoint: ${failed.message}; training goes on (saveErrors: "warn")`)
+          return yield* own
+        }
+        yield* own
+        return yield* failed
+      })
     })
+  }
+
+  /**
+   * Waits for this fit's pending saves at its end and handles a background failure by
+   * `saveErrors` (so that a `"warn"` run is not failed by the Trainer's final flush).
+   */
+  #settle(trainer: Callback.TrainerState): Effect.Effect<void, Callback.HookError> {
+    const flushed = trainer.checkpointIO.flush
+    if (this.#options.saveErrors === "stop") return flushed
+    return flushed.pipe(
+      Effect.catchIf(
+        (error): error is CheckpointStorageError | BackgroundSaveFailed =>
+          error._tag === "CheckpointStorageError" || error._tag === "BackgroundSaveFailed",
+        (error) =>
+          Effect.andThen(
+            this.#forgetMissing(trainer),
+            Effect.logWarning(`ModelCheckpoint: at the end of the fit: ${error.message} (saveErrors: "warn")`)
+          )
+      )
+    )
   }
 
   /** The bookkeeping a failed save event puts back. */
@@ -1106,7 +1196,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: linked ${path} to ${source.path}`)
       } else {
         yield* this.#save(trainer, path)
-        if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: saved ${path}`)
+        // "saving": on an asynchronous store the write is still under way.
+        if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: saving ${path}`)
       }
       if (previous !== undefined) yield* this.#removeRotated(trainer, previous, path)
     })
@@ -1140,8 +1231,15 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         yield* Effect.logWarning(`ModelCheckpoint: kept ${previous}: its replacement ${current} is not in storage`)
         return
       }
-      yield* trainer.checkpointIO.remove(previous)
-      if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: removed ${previous}`)
+      const removed = trainer.checkpointIO.remove(previous)
+      // Retention is housekeeping: its saves are committed, so a removal that fails
+      // (a directory, or a symlink to one, where a checkpoint was) goes by `saveErrors`.
+      const logged = this.#options.verbose ? Effect.andThen(removed, Effect.logInfo(`ModelCheckpoint: removed ${previous}`)) : removed
+      yield* this.#options.saveErrors === "stop" ? logged : logged.pipe(
+        Effect.catch((error) =>
+          Effect.logWarning(`ModelCheckpoint: could not remove ${previous}: ${error.message}; kept (saveErrors: "warn")`)
+        )
+      )
     })
   }
 }

@@ -15,7 +15,8 @@
  * onTrainStart → per epoch: onTrainEpochStart → per batch: onTrainBatchStart, step,
  * onTrainBatchEnd, validation when due → onTrainEpochEnd → … → onTrainEnd →
  * onFitEnd → teardown. On failure or interruption: onException, then pending
- * checkpoint saves are flushed, then teardown; the error is returned as is.
+ * checkpoint saves are flushed (for at most `shutdownFlushTimeout`), then teardown;
+ * the error is returned as is.
  *
  * Each step runs inside `tf.tidy`; the Trainer's own loop allocates no tensor that
  * outlives a step (a test holds it to `tf.memory().numTensors`).
@@ -23,7 +24,7 @@
  * @since 0.1.0
  */
 import type * as tf from "@tensorflow/tfjs"
-import { Cause, Context, Data, Effect, FileSystem, Layer, Option, Path, Result, Stream } from "effect"
+import { Cause, Context, Data, Duration, Effect, FileSystem, Layer, Option, Path, Result, Stream } from "effect"
 import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
@@ -92,6 +93,12 @@ export interface TrainerOptions<E = never, R = never> {
   readonly enableProgressBar?: boolean | undefined
   /** The CSV metrics logger callback (default true). */
   readonly logger?: boolean | undefined
+  /**
+   * How long a fit that failed or was interrupted waits for pending checkpoint saves
+   * before it returns (default 60 seconds); then it logs an error and gives up. After
+   * a failure the wait can also be interrupted.
+   */
+  readonly shutdownFlushTimeout?: Duration.Input | undefined
   /** Plugins; `checkpointIO` replaces the Strategy's storage (Lightning's `plugins=[...]`). */
   readonly plugins?: {
     readonly checkpointIO?: Layer.Layer<CheckpointIO, E, R> | undefined
@@ -725,7 +732,19 @@ export const make = <E = never, R = never>(
             yield* call("onException", cause).pipe(
               Effect.catchCause((c) => Effect.logError(`onException hook failed: ${Cause.pretty(c)}`))
             )
-            yield* checkpointIO.flush.pipe(
+            // Bounded: a hung write must not hang the exit. After a failure (not an
+            // interruption) the wait is interruptible too, so a Ctrl-C stops it.
+            const limit = Option.getOrElse(Duration.fromInput(options.shutdownFlushTimeout ?? "60 seconds"), () => Duration.minutes(1))
+            const bounded = checkpointIO.flush.pipe(
+              Effect.interruptible,
+              Effect.timeout(limit),
+              Effect.catchTag("TimeoutError", () =>
+                Effect.logError(
+                  `Trainer: gave up waiting for pending checkpoint saves after ${Duration.format(limit)} (shutdownFlushTimeout); ` +
+                    `they may not be in storage`
+                ))
+            )
+            yield* (Cause.hasInterruptsOnly(cause) ? bounded : Effect.interruptible(bounded)).pipe(
               Effect.catchCause((c) => Effect.logError(`flushing checkpoints after a failure: ${Cause.pretty(c)}`))
             )
           })

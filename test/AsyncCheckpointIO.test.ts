@@ -1,6 +1,7 @@
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Fiber, FileSystem, Layer, Option, Scope } from "effect"
+import { TestClock } from "effect/testing"
 import * as AsyncCheckpointIO from "../src/AsyncCheckpointIO.ts"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import { CheckpointIO, type CheckpointIOError, CheckpointStorageError, type CheckpointIOShape } from "../src/CheckpointIO.ts"
@@ -208,7 +209,7 @@ describe("AsyncCheckpointIO", () => {
       assertSameTensors((yield* io.load("/c/a.ckpt")).tensors, sample(2).tensors)
     }).pipe(Effect.provide(env({ concurrency: 2, maxPending: 4 }))))
 
-  it.effect("a failed background save is reported once, by the next call, before it queues; later saves work", () =>
+  it.effect("issue 12.2: a failed background save never fails an unrelated call; takeFailures hands it out once", () =>
     Effect.gen(function*() {
       const io = yield* CheckpointIO
       const control = yield* Control
@@ -216,22 +217,100 @@ describe("AsyncCheckpointIO", () => {
       yield* io.save(sample(1), "/c/bad.ckpt")
       yield* control.started(0)
       for (let i = 0; i < 10; i++) yield* Effect.yieldNow
-      const error = yield* Effect.flip(io.save(sample(2), "/c/next.ckpt"))
-      assert.strictEqual(error._tag, "BackgroundSaveFailed")
-      if (error._tag === "BackgroundSaveFailed") {
-        assert.strictEqual(error.failures.length, 1)
-        assert.strictEqual(error.failures[0]!.path, "/c/bad.ckpt")
-        assert.strictEqual(error.failures[0]!.error._tag, "CheckpointStorageError")
-        assert.include(error.message, "/c/bad.ckpt")
-        assert.include(error.message, "NoSpace")
-      }
-      assert.strictEqual(control.calls.length, 1, "the failing call queued nothing")
-      // Reported once: the next calls succeed, and so does flush.
+      // The next save (and every other operation) succeeds and does its own work.
       yield* io.save(sample(2), "/c/next.ckpt")
-      yield* io.flush
       assert.isTrue(yield* io.exists("/c/next.ckpt"))
-      assert.isFalse(yield* io.exists("/c/bad.ckpt"))
+      assert.isFalse(yield* io.exists("/c/bad.ckpt"), "the failed save left nothing")
+      assertSameTensors((yield* io.load("/c/next.ckpt")).tensors, sample(2).tensors)
+      assert.deepStrictEqual((yield* io.list("/c")).map((e) => e.path), ["/c/next.ckpt"])
+      yield* io.remove("/c/other.ckpt")
+      yield* io.copy("/c/next.ckpt", "/c/copy.ckpt")
+      assert.strictEqual(control.calls.length, 2, "the healthy save was queued and written")
+      // The failure is handed out once, naming the file and the reason.
+      const taken = yield* io.takeFailures
+      assert.deepStrictEqual(taken.map((f) => f.path), ["/c/bad.ckpt"])
+      assert.strictEqual(taken[0]!.error._tag, "CheckpointStorageError")
+      assert.include(taken[0]!.error.message, "NoSpace")
+      assert.deepStrictEqual(yield* io.takeFailures, [])
+      yield* io.flush
     }).pipe(Effect.provide(env())))
+
+  it.effect("issue 12.2: flush reports the failures takeFailures has not handed out, and only those", () =>
+    Effect.gen(function*() {
+      const io = yield* CheckpointIO
+      const control = yield* Control
+      control.failures.set("/c/1.ckpt", diskFull("/c/1.ckpt"))
+      control.failures.set("/c/2.ckpt", diskFull("/c/2.ckpt"))
+      yield* io.save(sample(1), "/c/1.ckpt")
+      assert.isFalse(yield* io.exists("/c/1.ckpt"))
+      assert.deepStrictEqual((yield* io.takeFailures).map((f) => f.path), ["/c/1.ckpt"])
+      yield* io.save(sample(2), "/c/2.ckpt")
+      const error = yield* Effect.flip(io.flush)
+      assert.strictEqual(error._tag, "BackgroundSaveFailed")
+      if (error._tag === "BackgroundSaveFailed") assert.deepStrictEqual(error.failures.map((f) => f.path), ["/c/2.ckpt"])
+      yield* io.flush
+      assert.deepStrictEqual(yield* io.takeFailures, [])
+    }).pipe(Effect.provide(env())))
+
+  it.effect("issue 12.3: save after the scope closed fails with a typed error, and later calls on that path do not hang", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(env(), scope)
+      const io = Context.get(context, CheckpointIO)
+      const control = Context.get(context, Control)
+      yield* io.save(sample(1), "/c/a.ckpt")
+      yield* Scope.close(scope, Exit.void)
+      const error = yield* Effect.flip(io.save(sample(2), "/c/a.ckpt"))
+      assert.strictEqual(error._tag, "CheckpointInvalidArgument")
+      assert.include(error.message, "closed")
+      assert.strictEqual(control.calls.length, 1, "nothing queued after the close")
+      // Nothing was left pending: these answer at once (before the fix they waited forever).
+      const later = yield* Effect.forkChild(Effect.all([io.exists("/c/a.ckpt"), io.load("/c/a.ckpt")]))
+      for (let i = 0; i < 20 && later.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+      assert.isDefined(later.pollUnsafe(), "exists and load of the path answer")
+      const [exists, loaded] = yield* Fiber.join(later)
+      assert.isTrue(exists)
+      assertSameTensors(loaded.tensors, sample(1).tensors)
+    }))
+
+  it.effect("issue 12.3: a throw while taking the snapshot fails typed and gives back the permit and the path", () =>
+    Effect.gen(function*() {
+      const io = yield* CheckpointIO
+      const control = yield* Control
+      class Unsliceable extends Float32Array {
+        override slice(): Float32Array<ArrayBuffer> {
+          throw new Error("slice refused")
+        }
+      }
+      const bad = Checkpoint.make({ tensors: { "model/w": Checkpoint.tensor("F32", [2], new Unsliceable(2)) } })
+      const error = yield* Effect.flip(io.save(bad, "/c/a.ckpt"))
+      assert.strictEqual(error._tag, "CheckpointInvalidArgument")
+      assert.include(error.message, "slice refused")
+      // maxPending 1: a leaked permit would make this save wait forever.
+      const next = yield* Effect.forkChild(Effect.andThen(io.save(sample(2), "/c/a.ckpt"), io.exists("/c/a.ckpt")))
+      for (let i = 0; i < 20 && next.pollUnsafe() === undefined; i++) yield* Effect.yieldNow
+      assert.isDefined(next.pollUnsafe(), "the next save and exists of the path go through")
+      assert.isTrue(yield* Fiber.join(next))
+      assert.strictEqual(control.calls.length, 1)
+    }).pipe(Effect.provide(env({ maxPending: 1 }))))
+
+  it.effect("issue 12.9: closing with a hung write gives up after closeTimeout, interrupts it and settles its path", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(env({ maxPending: 1, closeTimeout: "1 second" }), scope)
+      const io = Context.get(context, CheckpointIO)
+      const control = Context.get(context, Control)
+      control.gated = true
+      yield* io.save(sample(1), "/c/hung.ckpt")
+      yield* control.started(0)
+      // Closing: the hung write is given up after closeTimeout (TestClock), interrupted, and nothing hangs.
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      yield* TestClock.adjust("2 seconds")
+      yield* Fiber.join(closing)
+      assert.isFalse(Context.get(context, MemoryCheckpointIO.MemoryStore).files.has("/c/hung.ckpt"))
+      assert.isTrue(control.log.includes("base closed"))
+      assert.isFalse(yield* io.exists("/c/hung.ckpt"), "the path is settled")
+    }))
 
   it.effect("flush reports a failure exactly once and waits for everything queued", () =>
     Effect.gen(function*() {
