@@ -1067,7 +1067,15 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const missing = new Set<string>()
       const tracked = [...this.#bestKModels.keys(), this.#bestModelPath, this.#lastModelPath, this.#newest?.path]
       for (const path of tracked) {
-        if (path !== undefined && !missing.has(path) && !(yield* trainer.checkpointIO.exists(path))) missing.add(path)
+        if (path === undefined || missing.has(path)) continue
+        // A store that cannot say (an I/O error) keeps the file tracked: forgetting a
+        // checkpoint that exists would let retention lose track of it for good.
+        const present = yield* trainer.checkpointIO.exists(path).pipe(
+          Effect.catch((error) =>
+            Effect.as(Effect.logWarning(`ModelCheckpoint: cannot tell whether ${path} exists (${error.message}); still tracking it`), true)
+          )
+        )
+        if (!present) missing.add(path)
       }
       if (missing.size === 0) return
       for (const path of missing) this.#bestKModels.delete(path)
@@ -1087,7 +1095,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       this.#bestModelScore = best === undefined ? undefined : this.#bestKModels.get(best)
       this.#kthBestModelPath = worst
       this.#kthValue = worst === undefined ? (this.#options.mode === "min" ? Infinity : -Infinity) : this.#bestKModels.get(worst)!
-    }).pipe(Effect.catch(() => Effect.void))
+    })
   }
 
   #saveTopK(trainer: Callback.TrainerState, candidates: ReadonlyMap<string, number>): Effect.Effect<void, Callback.HookError> {

@@ -11,7 +11,7 @@ import * as CheckpointIO from "../src/CheckpointIO.ts"
 import type { CheckpointIOShape } from "../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
-import { assertSameTensors } from "./support/CheckpointIOSuite.ts"
+import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
 import { sample } from "./support/checkpoints.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)

@@ -199,3 +199,40 @@ describe("ModelCheckpoint and failed saves", () => {
     }))
 })
 
+
+describe("ModelCheckpoint: storage that cannot answer", () => {
+  it.effect("issue 12.9: #forgetMissing no longer swallows every error: an exists that fails keeps its file tracked, with a warning, and the others are still checked", () => {
+    const { layer, logs } = collect()
+    return Effect.gen(function*() {
+      const files = new Map<string, MemoryCheckpointIO.StoredFile>()
+      const base = yield* failingMemory(files, new Set(["step=2.ckpt"]))
+      let existsFails = false
+      const flaky: CheckpointIOShape = {
+        ...base,
+        exists: (path) =>
+          existsFails && path.endsWith("step=1.ckpt")
+            ? Effect.fail(new CheckpointStorageError({ operation: "exists", path, reason: "IO", cause: new Error("EIO: injected") }))
+            : base.exists(path)
+      }
+      const io = yield* asyncOver(flaky)
+      const cb = yield* ModelCheckpoint.make({ dirpath: "/m", monitor: "loss", mode: "min", everyNTrainSteps: 1, saveTopK: -1, saveErrors: "warn" })
+      const t = fakeTrainer(io, () => [cb])
+      yield* cb.setup(t, "fit")
+      for (const step of [1, 2]) {
+        t.callbackMetrics.set("loss", 1 / step)
+        yield* stepEnd(cb, t, step)
+        yield* io.exists(`/m/epoch=0-step=${step}.ckpt`)
+      }
+      assert.strictEqual(cb.bestKModels.size, 2)
+      // Step 3's save event takes step 2's failure and checks what is still stored;
+      // the store cannot say for step 1.
+      existsFails = true
+      t.callbackMetrics.set("loss", 1 / 3)
+      yield* stepEnd(cb, t, 3)
+      yield* io.flush
+      const tracked = [...cb.bestKModels.keys()].map((p) => posix.basename(p)).sort()
+      assert.deepStrictEqual(tracked, ["epoch=0-step=1.ckpt", "epoch=0-step=3.ckpt"], "step 2 forgotten, step 1 kept")
+      assert.isTrue(logs.some((l) => l.startsWith("Warn") && l.includes("cannot tell whether /m/epoch=0-step=1.ckpt exists")), logs.join("\n"))
+    }).pipe(Effect.provide(layer))
+  })
+})
