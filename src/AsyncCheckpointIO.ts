@@ -59,6 +59,7 @@ import {
 import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 import * as SafeTensors from "./SafeTensors.ts"
 
+/** Options of the background pool. */
 export interface Options {
   /** Saves that write at the same time (default 1). */
   readonly concurrency?: number | undefined

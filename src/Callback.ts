@@ -36,11 +36,13 @@ export class CallbackError extends Data.TaggedError("CallbackError")<{
 /** What a hook may fail with. */
 export type HookError = CallbackError | CheckpointIOError
 
+/** A callback hook: an effect run with the live `TrainerState` and the hook's arguments; its typed error stops the run. */
 export type Hook<Args extends ReadonlyArray<unknown> = []> = (
   trainer: TrainerState,
   ...args: Args
 ) => Effect.Effect<void, HookError>
 
+/** Options of `saveCheckpoint` (Lightning's `weights_only`). */
 export interface SaveCheckpointOptions {
   /** Save the model weights only (no optimizer state, no callback states). */
   readonly weightsOnly?: boolean | undefined

@@ -29,8 +29,10 @@ import { libraryVersion } from "./version.ts"
  */
 export const DTypes = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2"] as const
 
+/** A safetensors dtype name (`"F32"`, `"I64"`, …). */
 export type DType = typeof DTypes[number]
 
+/** The Schema of a dtype name. */
 export const DType = Schema.Literals(DTypes)
 
 /** The typed array that holds the elements of each dtype. */
@@ -52,6 +54,7 @@ export interface TypedArrayOf {
   readonly F8_E5M2: Uint8Array
 }
 
+/** The typed array that holds a tensor of some dtype (`Float32Array` for F32, `BigInt64Array` for I64, …). */
 export type TensorData = TypedArrayOf[DType]
 
 type TypedArrayConstructor = {
@@ -127,6 +130,7 @@ export const OptimizerConfig = Schema.Struct({
   config: JsonRecord
 })
 
+/** The optimizer's class name and `getConfig()`, as saved in a checkpoint. */
 export type OptimizerConfig = typeof OptimizerConfig.Type
 
 /**
@@ -150,6 +154,7 @@ export const CheckpointMeta = Schema.Struct({
   user: JsonRecord
 })
 
+/** The non-tensor part of a checkpoint (epoch, step, loop state, callback states, …), decoded with its Schema. */
 export type CheckpointMeta = typeof CheckpointMeta.Type
 
 /**

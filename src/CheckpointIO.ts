@@ -118,6 +118,7 @@ export class CheckpointTooLarge extends Data.TaggedError("CheckpointTooLarge")<{
   }
 }
 
+/** Every error a CheckpointIO operation can fail with. */
 export type CheckpointIOError =
   | CheckpointNotFound
   | CheckpointCorrupt
@@ -126,6 +127,7 @@ export type CheckpointIOError =
   | CheckpointTooLarge
   | BackgroundSaveFailed
 
+/** Options of `save`. */
 export interface SaveOptions {
   /**
    * Flush the file and its directory entry to stable storage before `save`
@@ -154,6 +156,7 @@ export interface SaveOptions {
  */
 export type DTypePolicy = "preserve" | "tfjs" | "convert"
 
+/** Options of `load`. */
 export interface LoadOptions {
   /**
    * Load model weights only: the `model/` section of an effect-trainer checkpoint

@@ -32,6 +32,7 @@ parentPort.on("message", ({ id, buffer, ranges }) => {
 })
 `
 
+/** CRC-32 of tensors on a worker thread: the buffers travel to the worker and back (transferred, not copied). */
 export interface ChecksumWorker {
   /** Returns the tensors with `crc32` set (and their data re-pointed at the returned buffers). */
   readonly checksum: (tensors: Readonly<Record<string, HostTensor>>) => Effect.Effect<Record<string, HostTensor>>

@@ -34,6 +34,7 @@ import { Effect, Exit, FileSystem, Option, Path, type PlatformError } from "effe
 import { type Callback, CallbackError, type TrainerState } from "./Callback.ts"
 import { storageReason } from "./CheckpointIO.ts"
 
+/** Options of the CSV metrics logger. */
 export interface Options {
   /** The root of the logs (default: the Trainer's `defaultRootDir`). */
   readonly saveDir?: string | undefined

@@ -24,6 +24,7 @@ export class DataError extends Data.TaggedError("DataError")<{
   }
 }
 
+/** The data of a run (Lightning's `LightningDataModule`): training, validation, test and predict batches as Effect Streams, and their counts when known. */
 export interface DataModule<Batch> {
   /** The training batches of `epoch` (0-based), the same every time for one epoch. */
   readonly train?: ((epoch: number) => Stream.Stream<Batch, DataError>) | undefined
@@ -55,6 +56,7 @@ export const gatherRows = (t: HostTensor, indices: ArrayLike<number>): HostTenso
   return { dtype: t.dtype, shape: [indices.length, ...t.shape.slice(1)], data: out } as HostTensor
 }
 
+/** How `fromArrays` batches, shuffles (seeded) and splits in-memory arrays. */
 export interface ArraysOptions {
   readonly batchSize: number
   /** Seed of the split and of the per-epoch shuffles (default 0). */

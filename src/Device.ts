@@ -32,11 +32,13 @@ import * as WasmKernels from "./WasmKernels.ts"
 /** The backends a `Device` can run on. */
 export const backendNames = ["tensorflow", "wasm", "cpu"] as const
 
+/** A tfjs backend effect-trainer can run on. */
 export type BackendName = typeof backendNames[number]
 
 /** What to ask for: a backend by name, or `auto` (the fastest that comes up). */
 export const backendChoices = ["auto", ...backendNames] as const
 
+/** A backend to use, or `"auto"`: the first that loads of tfjs-node-gpu, tfjs-node, wasm, cpu. */
 export type BackendChoice = typeof backendChoices[number]
 
 /**

@@ -38,6 +38,7 @@ export type FaultPoint =
 /** errno codes a fault can carry. */
 export type FaultCode = "ENOSPC" | "EDQUOT" | "EACCES" | "EPERM" | "EROFS" | "EIO"
 
+/** A fault to inject: at which step, with which errno, for which paths, after how many successes. */
 export interface Fault {
   readonly at: FaultPoint
   readonly code: FaultCode
@@ -49,11 +50,13 @@ export interface Fault {
   readonly persistent?: boolean | undefined
 }
 
+/** One file-system operation the faulty file system saw. */
 export interface OperationRecord {
   readonly op: FaultPoint
   readonly path: string
 }
 
+/** Arms faults and reports what the faulty file system saw. */
 export interface FaultInjectorShape {
   /** Arms a fault. */
   readonly inject: (fault: Fault) => void
@@ -65,6 +68,7 @@ export interface FaultInjectorShape {
   readonly fired: () => number
 }
 
+/** The service that controls a `FaultyFileSystem` (provided beside it by `layer`). */
 export class FaultInjector extends Context.Service<FaultInjector, FaultInjectorShape>()(
   "effect-trainer/FaultyFileSystem/FaultInjector"
 ) {}

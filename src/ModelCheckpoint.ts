@@ -107,8 +107,10 @@ export class ModelCheckpointConfigError extends Data.TaggedError("ModelCheckpoin
   }
 }
 
+/** Whether a lower (`"min"`) or a higher (`"max"`) monitored value is better. */
 export type Mode = "min" | "max"
 
+/** Options of `ModelCheckpoint`, with Lightning's names in camelCase. */
 export interface Options {
   /** Where checkpoints go (default `<trainer.defaultRootDir>/checkpoints`, decided at `setup`). */
   readonly dirpath?: string | undefined

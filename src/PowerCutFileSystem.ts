@@ -55,12 +55,14 @@ export interface PowerCutOperation {
   readonly path: string
 }
 
+/** How a power cut treats what was written but not fsynced. */
 export interface CutOptions {
   /** `"drop"` (default): everything not fsynced is lost; `"random"`: a seeded mix. */
   readonly mode?: "drop" | "random" | undefined
   readonly seed?: number | undefined
 }
 
+/** Controls a `PowerCutFileSystem`: make the current state durable, cut the power, inspect. */
 export interface PowerCutShape {
   /** Makes everything under `root`, as it is now, durable (a `sync(1)`). */
   readonly syncAll: Effect.Effect<void, PlatformError.PlatformError>
@@ -77,6 +79,7 @@ export interface PowerCutShape {
   readonly resetOperations: () => void
 }
 
+/** The service that controls a `PowerCutFileSystem` (provided beside it by `layer`). */
 export class PowerCut extends Context.Service<PowerCut, PowerCutShape>()(
   "effect-trainer/PowerCutFileSystem/PowerCut"
 ) {}

@@ -58,6 +58,7 @@ export const stdout: ProgressOutput = {
     })
 }
 
+/** Options of the progress bar. */
 export interface Options {
   /**
    * Redraw the line every `refreshRate` batches on a terminal (default 1; the

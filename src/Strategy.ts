@@ -45,14 +45,17 @@ export class StepError extends Data.TaggedError("StepError")<{
  */
 export { RestoreError }
 
+/** Clip gradients by their global norm (`"norm"`, Lightning's default) or element by element (`"value"`). */
 export type GradientClipAlgorithm = "norm" | "value"
 
+/** Options of one optimisation step. */
 export interface StepOptions {
   /** Clip gradients at this value (by global norm or element value); none when undefined. */
   readonly gradientClipVal?: number | undefined
   readonly gradientClipAlgorithm?: GradientClipAlgorithm | undefined
 }
 
+/** The Strategy contract: steps on the Device, staging for checkpoints, applying restored state. */
 export interface StrategyShape {
   readonly name: string
   readonly device: DeviceShape
@@ -101,6 +104,7 @@ export interface StrategyShape {
   ) => Effect.Effect<void, RestoreError | DeviceError>
 }
 
+/** The Strategy service. Provide it with `singleDevice()` (or `layer`) over a `Device`. */
 export class Strategy extends Context.Service<Strategy, StrategyShape>()("effect-trainer/Strategy") {}
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
@@ -244,6 +248,7 @@ const restore = (device: DeviceShape): StrategyShape["restore"] => (model, optim
     )
   })
 
+/** What a strategy is called and whether it accepts a custom CheckpointIO. */
 export interface MakeOptions {
   readonly name: string
   /** Whether a custom CheckpointIO is accepted (default true). */

@@ -58,6 +58,7 @@ export type TrainerError =
   | DeviceError
   | Callback.HookError
 
+/** Options of the Trainer, with Lightning's names in camelCase. */
 export interface TrainerOptions<E = never, R = never> {
   /** Stop after this many epochs (default 1000, Lightning's, unless `maxSteps` is set). */
   readonly maxEpochs?: number | undefined
@@ -105,6 +106,7 @@ export interface TrainerOptions<E = never, R = never> {
   } | undefined
 }
 
+/** Options of `fit`. */
 export interface FitOptions {
   /**
    * Resume: a checkpoint path, `"last"` (the newest last-checkpoint of the checkpoint
@@ -114,6 +116,7 @@ export interface FitOptions {
   readonly ckptPath?: string | undefined
 }
 
+/** The Trainer service's operations and live state. */
 export interface TrainerShape {
   readonly fit: <B, M extends tf.LayersModel>(
     module: TrainingModule<B, M>,
@@ -148,6 +151,7 @@ export interface TrainerShape {
   readonly model: <B, M extends tf.LayersModel>(module: TrainingModule<B, M>) => Option.Option<M>
 }
 
+/** The Trainer service. Provide it with `Trainer.layer(options)` over a `Strategy`. */
 export class Trainer extends Context.Service<Trainer, TrainerShape>()("effect-trainer/Trainer") {}
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))

@@ -32,6 +32,7 @@ import type * as tf from "@tensorflow/tfjs"
 import type { Json } from "effect/Schema"
 import type { HostTensor } from "./Checkpoint.ts"
 
+/** Where a logged value goes: per step, per epoch (averaged), or both. */
 export interface LogOptions {
   /** Record the value of every step (default: true in training, false otherwise). */
   readonly onStep?: boolean | undefined
@@ -53,6 +54,7 @@ export interface StepContext {
   readonly batchIdx: number
 }
 
+/** The user's model (Lightning's `LightningModule`): how to build it and its optimizer, and what each step computes and logs. */
 export interface TrainingModule<Batch, Model extends tf.LayersModel = tf.LayersModel> {
   /** A name for logs and errors. */
   readonly name: string
