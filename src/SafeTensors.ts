@@ -64,13 +64,19 @@ const smallTensorBytes = 1 << 20
 /** Size of the scratch buffer and of each I/O call on large tensors. */
 const chunkBytes = 8 << 20
 
+/** The header key of safetensors' string-to-string metadata. */
 export const metadataKey = "__metadata__"
+/** Metadata keys under this prefix are effect-trainer's own (refused in `extraMetadata`). */
 export const reservedPrefix = "effect_trainer."
+/** Metadata key of the format version. */
 export const formatKey = "effect_trainer.format"
+/** Metadata key of the checkpoint's meta (the training state), as JSON. */
 export const metaKey = "effect_trainer.meta"
+/** Metadata key of the per-tensor CRC-32 map, as JSON. */
 export const crcKey = "effect_trainer.crc32"
 /** CRC-32 of the padded header bytes with this value itself read as `00000000`. */
 export const headerCrcKey = "effect_trainer.header_crc32"
+/** The version of effect-trainer's layout inside safetensors. */
 export const formatVersion = "1"
 
 const tfjsDTypes: ReadonlySet<DType> = new Set(["F32", "I32", "BOOL"])

@@ -45,3 +45,24 @@ describe("package.json", () => {
     }
   })
 })
+
+describe("documentation", () => {
+  it("every export of src/ has a doc comment", () => {
+    const missing: Array<string> = []
+    const walk = (dir: string): Array<string> =>
+      readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+        e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith(".ts") ? [path.join(dir, e.name)] : []
+      )
+    for (const file of walk(path.join(repo, "src"))) {
+      const lines = readFileSync(file, "utf8").split("\n")
+      lines.forEach((line, i) => {
+        const m = /^export (?:declare )?(?:abstract )?(?:const|function|class|interface|type|let|enum)\s+(\w+)/.exec(line)
+        if (m === null) return
+        let j = i - 1
+        while (j >= 0 && lines[j]!.trim() === "") j--
+        if (j < 0 || !lines[j]!.trim().endsWith("*/")) missing.push(`${path.relative(repo, file)}:${i + 1} ${m[1]}`)
+      })
+    }
+    assert.deepStrictEqual(missing, [])
+  })
+})
