@@ -1,6 +1,5 @@
 /**
- * Pending (needs the Trainer change "ckptPath "last" falls back to the newest checkpoint
- * that loads"): with ModelCheckpoint, a corrupt newest checkpoint makes
+ * With ModelCheckpoint, a corrupt (or huge, issue 12.6) newest checkpoint makes
  * `ckptPath: "last"` resume from the previous good one, with a warning naming the
  * corrupt file; when none loads, the fit fails with the typed corrupt error (it never
  * trains from scratch silently).
@@ -13,6 +12,7 @@ import * as Device from "../../src/Device.ts"
 import * as FileCheckpointIO from "../../src/FileCheckpointIO.ts"
 import * as ModelCheckpoint from "../../src/ModelCheckpoint.ts"
 import * as Strategy from "../../src/Strategy.ts"
+import { foreignFile } from "../../src/testing/CheckpointIOSuite.ts"
 import * as Trainer from "../../src/Trainer.ts"
 import { irisClassifier, irisData } from "../support/iris.ts"
 
@@ -78,5 +78,26 @@ describe("ckptPath \"last\" falls back past a corrupt checkpoint", () => {
       assert.isTrue(Exit.isFailure(resumed.exit))
       const error = Exit.isFailure(resumed.exit) ? resumed.exit.cause.reasons.find(Cause.isFailReason)?.error : undefined
       assert.strictEqual((error as { _tag?: string } | undefined)?._tag, "CheckpointCorrupt")
+    }).pipe(Effect.provide(devices)))
+
+  it.effect("issue 12.6: a huge but honest last.ckpt (one 4 TiB tensor, a sparse file; the issue had 30 GiB) is refused typed and the fallback resumes from the previous", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const root = yield* fs.makeTempDirectoryScoped({ prefix: "huge-fallback-" })
+      const dir = `${root}/checkpoints`
+      assert.isTrue(Exit.isSuccess((yield* fit(root, 3)).exit))
+      const others = nodeFs.readdirSync(dir).filter((n) => n !== "last.ckpt")
+        .map((n) => ({ path: `${dir}/${n}`, mtime: nodeFs.statSync(`${dir}/${n}`).mtimeMs }))
+        .sort((a, b) => b.mtime - a.mtime)
+      const bytes = 4 * 2 ** 40
+      const header = foreignFile({ huge: { dtype: "F32", shape: [bytes / 4], data_offsets: [0, bytes] } }, new Uint8Array(0))
+      nodeFs.writeFileSync(`${dir}/last.ckpt`, header)
+      nodeFs.truncateSync(`${dir}/last.ckpt`, header.byteLength + bytes)
+      const logs: Array<string> = []
+      const collector = Logger.make((o) => void logs.push(`${o.logLevel}: ${(o.message as Array<unknown>).join(" ")}`))
+      const resumed = yield* fit(root, 4, "last").pipe(Effect.provide(Logger.layer([collector])))
+      assert.isTrue(Exit.isSuccess(resumed.exit), Exit.isFailure(resumed.exit) ? Cause.pretty(resumed.exit.cause) : "")
+      assert.strictEqual(resumed.trainer.state.resumedFrom, others[0]!.path)
+      assert.isTrue(logs.some((l) => l.startsWith("Warn") && l.includes("last.ckpt")), logs.join("\n"))
     }).pipe(Effect.provide(devices)))
 })
