@@ -21,7 +21,10 @@ export type Fault = "503" | "403" | "reset" | "truncate" | "hang" | undefined
 export type FaultPolicy = (request: { readonly method: string; readonly url: string }) => Fault
 
 export interface TestS3 {
+  /** The proxy (faults, abort). */
   readonly endpoint: string
+  /** s3rver itself, without the proxy (faster where no fault is wanted). */
+  readonly directEndpoint: string
   readonly bucket: string
   /** Ids of multipart uploads neither completed nor aborted. */
   readonly pendingUploads: () => ReadonlyArray<string>
@@ -130,6 +133,7 @@ export const testS3 = (bucket = "ckpt-test"): Effect.Effect<TestS3, never, impor
     )
     return {
       endpoint,
+      directEndpoint: `http://${upstream.address}:${upstream.port}`,
       bucket,
       client,
       requests,
