@@ -60,15 +60,15 @@ import { Config, Effect, Exit, Fiber, Layer, type Scope, Semaphore } from "effec
 import { randomInt } from "node:crypto"
 import * as posix from "node:path/posix"
 import {
+  checkPath,
+  type CheckpointEntry,
   CheckpointInvalidArgument,
   CheckpointIO,
-  type CheckpointEntry,
   type CheckpointIOError,
   type CheckpointIOShape,
   CheckpointNotFound,
   CheckpointStorageError,
   CheckpointTooLarge,
-  checkPath,
   make as CheckpointIOMake,
   type Operation,
   type StorageReason
@@ -263,8 +263,7 @@ const parseLocation = (
   return Effect.succeed({ bucket, key, url: `s3://${bucket}/${key}`, isUrl: false })
 }
 
-const copySource = (location: Location): string =>
-  `${location.bucket}/${encodeURIComponent(location.key).replace(/%2F/g, "/")}`
+const copySource = (location: Location): string => `${location.bucket}/${encodeURIComponent(location.key).replace(/%2F/g, "/")}`
 
 /**
  * Builds the service over `client` (owned by the caller) with `options`.
@@ -295,8 +294,11 @@ export const makeWithClient = (client: S3Client, options: Options = {}): Checkpo
     })
 
   const head = (operation: Operation, location: Location) =>
-    send(operation, location.url, (abortSignal) =>
-      client.send(new HeadObjectCommand({ Bucket: location.bucket, Key: location.key }), { abortSignal }))
+    send(
+      operation,
+      location.url,
+      (abortSignal) => client.send(new HeadObjectCommand({ Bucket: location.bucket, Key: location.key }), { abortSignal })
+    )
 
   // -------------------------------------------------------------------------
   // save
@@ -370,7 +372,7 @@ export const makeWithClient = (client: S3Client, options: Options = {}): Checkpo
       const upload = Effect.scoped(Effect.gen(function*() {
         const scope = yield* Effect.scope
         const slots = yield* Semaphore.make(concurrency)
-        const etags = new Array<string | undefined>(count).fill(undefined)
+        const etags = Array.from<string | undefined>({ length: count })
         const uploads: Array<Fiber.Fiber<void, CheckpointIOError>> = []
         let failure: CheckpointIOError | undefined
 
@@ -594,10 +596,13 @@ export const makeWithClient = (client: S3Client, options: Options = {}): Checkpo
     const location = yield* object("remove", path)
     yield* Effect.annotateCurrentSpan({ path: location.url })
     // Deleting a missing key succeeds on S3.
-    yield* send("remove", location.url, (abortSignal) =>
-      client.send(new DeleteObjectCommand({ Bucket: location.bucket, Key: location.key }), { abortSignal })).pipe(
-        Effect.catchTag("CheckpointNotFound", () => Effect.void)
-      )
+    yield* send(
+      "remove",
+      location.url,
+      (abortSignal) => client.send(new DeleteObjectCommand({ Bucket: location.bucket, Key: location.key }), { abortSignal })
+    ).pipe(
+      Effect.catchTag("CheckpointNotFound", () => Effect.void)
+    )
   })
 
   const copy: CheckpointIOShape["copy"] = Effect.fn("S3CheckpointIO.copy")(function*(source, target) {

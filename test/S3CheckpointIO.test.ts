@@ -14,8 +14,8 @@ import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import * as ModelCheckpoint from "../src/ModelCheckpoint.ts"
 import * as S3CheckpointIO from "../src/S3CheckpointIO.ts"
 import * as Strategy from "../src/Strategy.ts"
-import * as Trainer from "../src/Trainer.ts"
 import { assertSameTensors, RawStore, run as runSuite, sample } from "../src/testing/CheckpointIOSuite.ts"
+import * as Trainer from "../src/Trainer.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 import { type FaultPolicy, type TestS3, testS3 } from "./support/s3Server.ts"
 
@@ -238,7 +238,13 @@ describe("S3CheckpointIO", () => {
       const fit = (maxEpochs: number, ckptPath?: string) =>
         Effect.gen(function*() {
           const checkpoint = yield* ModelCheckpoint.make({ saveLast: true })
-          const trainer = yield* Trainer.make({ ...quiet, maxEpochs, defaultRootDir: root, callbacks: [checkpoint], plugins: { checkpointIO: io } })
+          const trainer = yield* Trainer.make({
+            ...quiet,
+            maxEpochs,
+            defaultRootDir: root,
+            callbacks: [checkpoint],
+            plugins: { checkpointIO: io }
+          })
           yield* trainer.fit(irisClassifier(), irisData(), ckptPath === undefined ? undefined : { ckptPath })
           return trainer
         })
