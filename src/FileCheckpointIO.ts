@@ -110,6 +110,21 @@ const processIsAlive = (pid: number): boolean => {
   }
 }
 
+/**
+ * A URL (`s3://bucket/key`, `gs://…`) is not a local path: refused, so that it never
+ * becomes a local directory named `s3:`. Use a store for it (`S3CheckpointIO`).
+ */
+const refuseUrl = (operation: Operation, file: string): Effect.Effect<void, CheckpointInvalidArgument> =>
+  /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//.test(file)
+    ? Effect.fail(
+      new CheckpointInvalidArgument({
+        operation,
+        path: file,
+        reason: "is a URL, not a local path: the file store does not handle it (use a store for it, such as S3CheckpointIO)"
+      })
+    )
+    : Effect.void
+
 const isNotFound = (error: PlatformError.PlatformError): boolean =>
   error.reason._tag === "NotFound"
 
@@ -257,7 +272,7 @@ const makeInternal = (
   })
 
   const resolveTarget = (operation: Operation, file: string) =>
-    Effect.as(checkPath(operation, file), path.resolve(file))
+    Effect.andThen(refuseUrl(operation, file), Effect.as(checkPath(operation, file), path.resolve(file)))
 
   /** A name the file system would refuse can never be saved: say so up front. */
   const checkNameLength = (operation: Operation, target: string) => {
@@ -411,6 +426,7 @@ const makeInternal = (
   })
 
   const list: CheckpointIOShape["list"] = Effect.fn("FileCheckpointIO.list")(function*(dir) {
+    yield* refuseUrl("list", dir)
     const target = path.resolve(dir)
     yield* Effect.annotateCurrentSpan({ path: target })
     const names = yield* fs.readDirectory(target).pipe(
