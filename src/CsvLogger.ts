@@ -151,7 +151,18 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
   const ensureDirectory = (trainer: TrainerState) =>
     Effect.suspend(() => {
       if (directory !== undefined) return Effect.succeed(directory)
-      const root = path.join(options.saveDir ?? trainer.defaultRootDir, name)
+      const saveDir = options.saveDir ?? trainer.defaultRootDir
+      // A URL (`defaultRootDir: "s3://bucket/run"`) would become a local directory named
+      // `s3:`: the logger writes local files only. (A drive letter is not a scheme.)
+      if (/^[a-z][a-z0-9+.-]+:\/\//i.test(saveDir)) {
+        return Effect.fail(
+          new CallbackError({
+            callback: "CsvLogger",
+            reason: `${saveDir} is a URL and the CSV logger writes local files: give it a local saveDir, or logger: false`
+          })
+        )
+      }
+      const root = path.join(saveDir, name)
       return (options.version === undefined ? claimNextVersion(root) : useVersion(root, options.version)).pipe(
         Effect.tap((chosen) => Effect.sync(() => void (directory = chosen)))
       )

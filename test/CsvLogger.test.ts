@@ -356,3 +356,22 @@ describe("CsvLogger", () => {
       }
     }).pipe(Effect.provide(node)))
 })
+
+describe("CsvLogger and URLs", () => {
+  it.effect("a URL root (s3://…) is refused with a CallbackError, never a local directory named s3:", () =>
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const dir = yield* fs.makeTempDirectoryScoped()
+      const cwd = process.cwd()
+      process.chdir(dir)
+      const result = yield* Effect.result(
+        Effect.flatMap(CsvLogger.make({ saveDir: "s3://bucket/run" }), (logger) => logger.setup!(makeState("unused"), "fit"))
+      ).pipe(Effect.ensuring(Effect.sync(() => process.chdir(cwd))))
+      assert.isTrue(result._tag === "Failure")
+      if (result._tag === "Failure") {
+        assert.strictEqual(result.failure._tag, "CallbackError")
+        assert.include(result.failure.message, "s3://bucket/run is a URL")
+      }
+      assert.deepStrictEqual(yield* fs.readDirectory(dir), [])
+    }).pipe(Effect.provide(Layer.mergeAll(NodeFileSystem.layer, NodePath.layer))))
+})
