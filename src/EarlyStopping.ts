@@ -13,7 +13,8 @@
  * When it checks: after each validation (`onValidationEnd`), or at the end of each
  * training epoch with `checkOnTrainEpochEnd: true`. Left unset, it checks after each
  * validation and, in an epoch that ran none, at the epoch's end (with Lightning's
- * defaults both land on the same point: after the epoch's validation). Never during
+ * defaults both land on the same point: after the epoch's validation; an epoch cut
+ * short by a stop request is not checked at its end then). Never during
  * the sanity check nor outside `fit`. A stop request before `minEpochs` / `minSteps`
  * is deferred by the Trainer (Lightning's rule).
  *
@@ -256,7 +257,8 @@ export const make = (options: EarlyStoppingOptions): EarlyStopping => {
         return options.checkOnTrainEpochEnd === true ? Effect.void : check(trainer)
       }),
     onTrainEpochEnd: (trainer) =>
-      options.checkOnTrainEpochEnd === true || (options.checkOnTrainEpochEnd === undefined && !validatedThisEpoch)
+      options.checkOnTrainEpochEnd === true ||
+        (options.checkOnTrainEpochEnd === undefined && !validatedThisEpoch && !trainer.shouldStop)
         ? check(trainer)
         : Effect.void
   }

@@ -852,11 +852,12 @@ export const make = <E = never, R = never>(
                   loop.loggedMetrics = takeLogged(metrics.step)
                   metrics.step.clear()
                   if (maxSteps !== -1 && loop.globalStep >= maxSteps) loop.shouldStop = true
-                  yield* checkTime
                   const last = index + 1 >= perEpoch
                   // A checkpoint taken now resumes at the next batch.
                   loop.next = { epoch: loop.epoch, batch: index + 1 }
                   yield* call("onTrainBatchEnd", { loss }, index)
+                  // Lightning's Timer checks at the end of every batch.
+                  yield* checkTime
                   index++
                   if (validateThisEpoch && (index % valEvery === 0 || last)) {
                     if (last) validatedAtEnd = true
