@@ -81,6 +81,10 @@ export interface TrainerState {
   readonly saveCheckpoint: (path: string, options?: SaveCheckpointOptions) => Effect.Effect<void, HookError>
   /** The path the current fit resumed from, if any. */
   readonly resumedFrom: string | undefined
+  /** The learning rate of each optimizer, by its class name (`Adam`, `SGD`); set by the Trainer. */
+  readonly learningRates?: ReadonlyMap<string, number> | undefined
+  /** Records a metric from a callback into `callbackMetrics` and `loggedMetrics` (Lightning's `pl_module.log`); set by the Trainer. */
+  readonly log?: ((name: string, value: number) => void) | undefined
 }
 
 /** Outputs of a training step, as `onTrainBatchEnd` sees them. */

@@ -13,7 +13,11 @@
  * - **the tensor names**: `model/<variable>`, `optimizer/<index>/<slot>` and
  *   `optimizer/state/<key>`. The optimizer index is ordered numerically, never as a
  *   string (tfjs restores slots by position; `"10000" < "9999"` as strings);
- * - **the loop state** `meta.loops.fit`, decoded with a Schema at the boundary.
+ * - **the loop state** `meta.loops.fit`, decoded with a Schema at the boundary:
+ *   the position, the random state, the learning-rate schedulers' states, the time
+ *   trained (`maxTime`) and how many batches the partial gradient sum of an
+ *   unfinished accumulation window holds; that sum itself is saved as tensors
+ *   `trainer/accumulatedGrads/<index>/<variable>` (one per trainable weight).
  *
  * Everything here is pure or runs user code through the typed error channel; it
  * never touches tfjs. The Strategy stages device tensors (`StagedState`), describes
@@ -34,6 +38,7 @@ import {
   type OptimizerConfig,
   optimizerPrefix
 } from "./Checkpoint.ts"
+import { SchedulerState } from "./LRScheduler.ts"
 
 /**
  * A checkpoint does not fit what it is restored into: a missing or extra tensor,
@@ -92,6 +97,22 @@ export const optimizerSlotName = (index: number, slot: string): string =>
  * @since 0.2.0
  */
 export const optimizerStateName = (key: string): string => `${optimizerStatePrefix}${key}`
+
+/**
+ * Section prefix of the partial gradient sum of an unfinished accumulation window.
+ *
+ * @since 0.3.0
+ */
+export const accumulatedGradPrefix = "trainer/accumulatedGrads/"
+
+/**
+ * The tensor name of the partial gradient of the trainable weight at `index`:
+ * `trainer/accumulatedGrads/<index>/<variable>` (index zero-padded, parsed as an integer).
+ *
+ * @since 0.3.0
+ */
+export const accumulatedGradName = (index: number, variable: string): string =>
+  `${accumulatedGradPrefix}${String(index).padStart(4, "0")}/${variable}`
 
 /**
  * What a tensor name says: a model weight, an optimizer slot (with its numeric
@@ -179,7 +200,13 @@ export const FitLoopState = Schema.Struct({
   nextEpoch: NonNegativeInt,
   nextBatch: NonNegativeInt,
   globalStep: Schema.optional(NonNegativeInt),
-  rng: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 0xffffffff })))
+  rng: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 0xffffffff }))),
+  /** The learning-rate schedulers' states, in configuration order. */
+  lrSchedulers: Schema.optional(Schema.Array(SchedulerState)),
+  /** Milliseconds of fit so far, for `maxTime`. */
+  timeElapsedMs: Schema.optional(Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))),
+  /** Batches summed into the saved partial gradients of an unfinished accumulation window. */
+  accumulatedBatches: Schema.optional(NonNegativeInt)
 })
 
 /** @since 0.2.0 */
@@ -263,6 +290,8 @@ export interface DumpInput {
   readonly weightsOnly: boolean
   readonly callbacks: ReadonlyArray<Callback.Callback>
   readonly optimizer: OptimizerConfig | null
+  /** The partial gradient sum of an unfinished accumulation window, per trainable weight in order (by `originalName`). */
+  readonly accumulatedGrads?: ReadonlyArray<readonly [variable: string, tensor: HostTensor]> | undefined
   readonly module: {
     readonly name: string
     readonly hyperParameters?: Readonly<Record<string, Json>> | undefined
@@ -274,6 +303,9 @@ const fitLoopJson = (loop: FitLoopState): Json => {
   const json: Record<string, Json> = { nextEpoch: loop.nextEpoch, nextBatch: loop.nextBatch }
   if (loop.globalStep !== undefined) json["globalStep"] = loop.globalStep
   if (loop.rng !== undefined) json["rng"] = loop.rng
+  if (loop.lrSchedulers !== undefined) json["lrSchedulers"] = loop.lrSchedulers.map((st) => JSON.parse(JSON.stringify(st)) as Json)
+  if (loop.timeElapsedMs !== undefined) json["timeElapsedMs"] = loop.timeElapsedMs
+  if (loop.accumulatedBatches !== undefined) json["accumulatedBatches"] = loop.accumulatedBatches
   return json
 }
 
@@ -304,8 +336,10 @@ export const dump: (input: DumpInput) => Effect.Effect<Checkpoint, Callback.Call
       new Callback.CallbackError({ callback: input.module.name, reason: `onSaveCheckpoint failed: ${messageOf(cause)}`, cause })
   })
   const staged = input.weightsOnly ? { model: input.staged.model } : input.staged
+  const tensors = encodeTensors(staged)
+  if (!input.weightsOnly) input.accumulatedGrads?.forEach(([variable, t], i) => (tensors[accumulatedGradName(i, variable)] = t))
   return makeCheckpoint({
-    tensors: encodeTensors(staged),
+    tensors,
     meta: {
       epoch: input.epoch,
       globalStep: input.globalStep,
@@ -364,6 +398,10 @@ export interface RestoreTarget {
  */
 export interface RestoreContext {
   readonly numTrainBatches?: number | undefined
+  /** The kinds of the module's learning-rate schedulers, in order: saved states must match. */
+  readonly lrSchedulers?: ReadonlyArray<string> | undefined
+  /** `accumulateGradBatches` at an epoch: a saved partial window must fit it. */
+  readonly accumulateGradBatches?: ((epoch: number) => number) | undefined
 }
 
 /**
@@ -396,6 +434,12 @@ export interface RestorePlan extends TensorPlan {
     readonly nextBatch: number
     readonly globalStep: number
     readonly rng: number | undefined
+    /** The schedulers' states; absent: the checkpoint has none (start them fresh). */
+    readonly lrSchedulers: ReadonlyArray<SchedulerState> | undefined
+    readonly timeElapsedMs: number
+    /** The partial gradient sum of an unfinished accumulation window, per trainable weight in order; empty when none. */
+    readonly accumulatedGrads: ReadonlyArray<HostTensor>
+    readonly accumulatedBatches: number
   } | undefined
   readonly meta: Option.Option<CheckpointMeta>
 }
@@ -532,10 +576,23 @@ const matchOptimizer = (
 const matchLoop = (
   path: string,
   meta: CheckpointMeta,
+  tensors: Readonly<Record<string, HostTensor>>,
+  target: RestoreTarget,
   context: RestoreContext
 ): Result.Result<NonNullable<RestorePlan["loop"]>, RestoreError> => {
   const raw = meta.loops["fit"]
-  if (raw === undefined) return Result.succeed({ nextEpoch: meta.epoch + 1, nextBatch: 0, globalStep: meta.globalStep, rng: undefined })
+  if (raw === undefined) {
+    return Result.succeed({
+      nextEpoch: meta.epoch + 1,
+      nextBatch: 0,
+      globalStep: meta.globalStep,
+      rng: undefined,
+      lrSchedulers: undefined,
+      timeElapsedMs: 0,
+      accumulatedGrads: [],
+      accumulatedBatches: 0
+    })
+  }
   const decoded = decodeFitLoop(path, raw)
   if (Result.isFailure(decoded)) return Result.fail(decoded.failure)
   const fit = decoded.success
@@ -550,7 +607,64 @@ const matchLoop = (
       new RestoreError({ path, field: "meta.loops.fit.nextBatch", reason: `${fit.nextBatch} is beyond the ${batches} batches of an epoch` })
     )
   }
-  return Result.succeed({ nextEpoch: fit.nextEpoch, nextBatch: fit.nextBatch, globalStep: meta.globalStep, rng: fit.rng })
+  const fail = (field: string, reason: string) => Result.fail(new RestoreError({ path, field, reason }))
+  if (fit.lrSchedulers !== undefined && context.lrSchedulers !== undefined) {
+    const saved = fit.lrSchedulers.map((st) => st.kind)
+    if (saved.length !== context.lrSchedulers.length || saved.some((k, i) => k !== context.lrSchedulers![i])) {
+      return fail(
+        "meta.loops.fit.lrSchedulers",
+        `the checkpoint has schedulers [${saved.join(", ")}], the module configures [${context.lrSchedulers.join(", ")}]`
+      )
+    }
+  }
+  // The partial gradients of an unfinished accumulation window.
+  const gradNames = Object.keys(tensors).filter((k) => k.startsWith(accumulatedGradPrefix))
+    .map((k) => ({ k, index: Number.parseInt(k.slice(accumulatedGradPrefix.length), 10) }))
+    .sort((a, b) => a.index - b.index)
+  const accumulated = fit.accumulatedBatches ?? 0
+  if ((accumulated > 0) !== (gradNames.length > 0)) {
+    return fail(
+      "meta.loops.fit.accumulatedBatches",
+      `${accumulated} batches accumulated, but the checkpoint holds ${gradNames.length} ${accumulatedGradPrefix}* tensors`
+    )
+  }
+  const variables = target.optimizer?.variables
+  if (accumulated > 0 && variables !== undefined) {
+    if (gradNames.length !== variables.length) {
+      return fail(accumulatedGradPrefix, `${gradNames.length} partial gradients for the optimizer's ${variables.length} variables`)
+    }
+    for (let i = 0; i < gradNames.length; i++) {
+      const { k, index } = gradNames[i]!
+      if (index !== i) return fail(k, `partial gradient index ${i} is missing`)
+      if (!sameShape(tensors[k]!.shape, variables[i]!.shape)) {
+        return fail(
+          k,
+          `the gradient of ${variables[i]!.name} has shape ${shapeText(variables[i]!.shape)}, the checkpoint ${
+            shapeText(tensors[k]!.shape)
+          }`
+        )
+      }
+    }
+  }
+  if (accumulated > 0 && context.accumulateGradBatches !== undefined) {
+    const n = context.accumulateGradBatches(fit.nextEpoch)
+    if (fit.nextBatch % n !== accumulated) {
+      return fail(
+        "meta.loops.fit.accumulatedBatches",
+        `${accumulated} batches accumulated at batch ${fit.nextBatch} do not fit accumulateGradBatches ${n}`
+      )
+    }
+  }
+  return Result.succeed({
+    nextEpoch: fit.nextEpoch,
+    nextBatch: fit.nextBatch,
+    globalStep: meta.globalStep,
+    rng: fit.rng,
+    lrSchedulers: fit.lrSchedulers,
+    timeElapsedMs: fit.timeElapsedMs ?? 0,
+    accumulatedGrads: accumulated > 0 ? gradNames.map(({ k }) => tensors[k]!) : [],
+    accumulatedBatches: accumulated
+  })
 }
 
 /**
@@ -563,7 +677,9 @@ const matchLoop = (
  * step count's and every slot's shape against the variable it belongs to, state
  * variables; missing optimizer tensors when the meta says an optimizer was saved;
  * the loop position (`FitLoopState`, `nextBatch` within an epoch when known,
- * `globalStep` consistent).
+ * `globalStep` consistent); the schedulers' kinds against the module's; the partial
+ * gradients of an accumulation window (one per trainable weight, shapes, the batch
+ * count against `accumulateGradBatches`).
  *
  * @since 0.2.0
  */
@@ -583,7 +699,7 @@ export const plan = (
   }
   let loop: RestorePlan["loop"] = undefined
   if (Option.isSome(record.meta)) {
-    const matched = matchLoop(path, record.meta.value, context)
+    const matched = matchLoop(path, record.meta.value, record.tensors, target, context)
     if (Result.isFailure(matched)) return Result.fail(matched.failure)
     loop = matched.success
   }

@@ -3,7 +3,8 @@
  * checkpoints (Lightning's `Strategy`, which owns the `checkpoint_io`).
  *
  * The contract is small on purpose (the Trainer is the friendly front): run one
- * optimisation step on the `Device`, stage the model and optimizer state into host
+ * optimisation step on the `Device` (whole, or split into compute-gradients and
+ * apply for gradient accumulation), stage the model and optimizer state into host
  * memory for a checkpoint, and put such state back. `SingleDeviceStrategy` is the
  * one built in. A strategy declares whether it accepts a custom `CheckpointIO`; one
  * that owns its checkpoint logic refuses it with a `StrategyConfigError` when its
@@ -80,6 +81,26 @@ export interface StrategyShape {
     options: StepOptions
   ) => Effect.Effect<number, StepError>
   /**
+   * The first half of a step split for gradient accumulation: the gradients of
+   * `loss() * scale` with respect to `model.trainableWeights` (in that order) and the
+   * unscaled loss. The caller owns (and frees) the gradients.
+   */
+  readonly computeGradients: (
+    model: tf.LayersModel,
+    loss: () => tf.Scalar,
+    scale: number
+  ) => Effect.Effect<{ readonly loss: number; readonly grads: ReadonlyArray<tf.Tensor> }, StepError>
+  /**
+   * The second half: clips `grads` (one per trainable weight, in order) if asked and
+   * applies them with one optimizer step. `grads` stay the caller's.
+   */
+  readonly applyGradients: (
+    model: tf.LayersModel,
+    optimizer: tf.Optimizer,
+    grads: ReadonlyArray<tf.Tensor>,
+    options: StepOptions
+  ) => Effect.Effect<void, StepError>
+  /**
    * Host copies of the model weights and, unless weights only (`optimizer`
    * undefined), the optimizer state, under the device's own names;
    * `CheckpointConnector.dump` gives them their tensor names.
@@ -109,6 +130,20 @@ export class Strategy extends Context.Service<Strategy, StrategyShape>()("effect
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
+/** Clips gradients by global norm or by value; returns new tensors (the caller frees both). */
+const clipGradients = (tf: DeviceShape["tf"], grads: tf.NamedTensorMap, options: StepOptions): tf.NamedTensorMap => {
+  const clip = options.gradientClipVal!
+  return tf.tidy(() => {
+    const names = Object.keys(grads)
+    if (options.gradientClipAlgorithm === "value") {
+      return Object.fromEntries(names.map((n) => [n, tf.clipByValue(grads[n]!, -clip, clip)]))
+    }
+    const total = tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n]!)))))
+    const scale = tf.minimum(tf.scalar(1), tf.div(tf.scalar(clip), tf.add(total, tf.scalar(1e-6))))
+    return Object.fromEntries(names.map((n) => [n, tf.mul(grads[n]!, scale)]))
+  })
+}
+
 /** The step of a single device: tfjs's own minimize, or gradients, clipping and apply. */
 const trainingStep = (device: DeviceShape): StrategyShape["trainingStep"] => (model, optimizer, loss, options) =>
   Effect.try({
@@ -123,17 +158,8 @@ const trainingStep = (device: DeviceShape): StrategyShape["trainingStep"] => (mo
         cost.dispose()
         return value
       }
-      const clip = options.gradientClipVal
       const { grads, value } = optimizer.computeGradients(loss, varList)
-      const clipped = tf.tidy(() => {
-        const names = Object.keys(grads)
-        if (options.gradientClipAlgorithm === "value") {
-          return Object.fromEntries(names.map((n) => [n, tf.clipByValue(grads[n]!, -clip, clip)]))
-        }
-        const total = tf.sqrt(tf.addN(names.map((n) => tf.sum(tf.square(grads[n]!)))))
-        const scale = tf.minimum(tf.scalar(1), tf.div(tf.scalar(clip), tf.add(total, tf.scalar(1e-6))))
-        return Object.fromEntries(names.map((n) => [n, tf.mul(grads[n]!, scale)]))
-      })
+      const clipped = clipGradients(tf, grads, options)
       optimizer.applyGradients(clipped)
       tf.dispose([...Object.values(grads), ...Object.values(clipped)])
       const result = value.dataSync()[0]!
@@ -141,6 +167,38 @@ const trainingStep = (device: DeviceShape): StrategyShape["trainingStep"] => (mo
       return result
     },
     catch: (cause) => new StepError({ step: "training step", reason: messageOf(cause), cause })
+  })
+
+const computeGradients = (device: DeviceShape): StrategyShape["computeGradients"] => (model, loss, scale) =>
+  Effect.try({
+    try: () => {
+      const { tf } = device
+      const varList = model.trainableWeights.map((w) => w.read() as tf.Variable)
+      let raw: tf.Scalar | undefined
+      const { grads, value } = tf.variableGrads(() => {
+        raw = tf.keep(loss())
+        return scale === 1 ? raw : tf.mul(raw, tf.scalar(scale))
+      }, varList)
+      value.dispose()
+      const result = raw!.dataSync()[0]!
+      raw!.dispose()
+      return { loss: result, grads: varList.map((v) => grads[v.name]!) }
+    },
+    catch: (cause) => new StepError({ step: "training step (gradients)", reason: messageOf(cause), cause })
+  })
+
+const applyGradients = (device: DeviceShape): StrategyShape["applyGradients"] => (model, optimizer, grads, options) =>
+  Effect.try({
+    try: () => {
+      const { tf } = device
+      const named: tf.NamedTensorMap = {}
+      model.trainableWeights.forEach((w, i) => (named[(w.read() as tf.Variable).name] = grads[i]!))
+      if (options.gradientClipVal === undefined) return optimizer.applyGradients(named)
+      const clipped = clipGradients(tf, named, options)
+      optimizer.applyGradients(clipped)
+      tf.dispose(Object.values(clipped))
+    },
+    catch: (cause) => new StepError({ step: "optimizer step", reason: messageOf(cause), cause })
   })
 
 /**
@@ -278,6 +336,8 @@ export const make = (
       checkpointIO: custom,
       acceptsCustomCheckpointIO: accepts,
       trainingStep: trainingStep(device),
+      computeGradients: computeGradients(device),
+      applyGradients: applyGradients(device),
       stage: stage(device),
       describe: describe(device),
       restore: restore(device)

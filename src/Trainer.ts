@@ -24,7 +24,7 @@
  * @since 0.1.0
  */
 import type * as tf from "@tensorflow/tfjs"
-import { Cause, Context, Data, Duration, Effect, FileSystem, Layer, Option, Path, Result, Stream } from "effect"
+import { Cause, Clock, Context, Data, Duration, Effect, FileSystem, Layer, Option, Path, Result, Stream } from "effect"
 import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
@@ -35,6 +35,9 @@ import * as CsvLogger from "./CsvLogger.ts"
 import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 import type { DataError, DataModule } from "./DataModule.ts"
 import type { DeviceError } from "./Device.ts"
+import * as GradientAccumulation from "./GradientAccumulation.ts"
+import * as LRScheduler from "./LRScheduler.ts"
+import * as ModelSummary from "./ModelSummary.ts"
 import * as ProgressBar from "./ProgressBar.ts"
 import * as Random from "./Random.ts"
 import { type RestoreError, type StepError, Strategy, type StrategyShape } from "./Strategy.ts"
@@ -57,6 +60,7 @@ export type TrainerError =
   | DataError
   | DeviceError
   | Callback.HookError
+  | LRScheduler.LRSchedulerError
 
 /** Options of the Trainer, with Lightning's names in camelCase. */
 export interface TrainerOptions<E = never, R = never> {
@@ -80,6 +84,24 @@ export interface TrainerOptions<E = never, R = never> {
   readonly numSanityValSteps?: number | undefined
   readonly gradientClipVal?: number | undefined
   readonly gradientClipAlgorithm?: "norm" | "value" | undefined
+  /**
+   * Sum the gradients of N batches (each loss scaled by 1/N, Lightning's), then take
+   * one optimizer step: a number, or a schedule by epoch (a function, or Lightning's
+   * `{ 0: 8, 4: 4 }`). `globalStep` counts optimizer steps; clipping applies to the
+   * summed gradient; an epoch's last window may be shorter. Default 1.
+   */
+  readonly accumulateGradBatches?: GradientAccumulation.AccumulateGradBatches | undefined
+  /** Train at least this many epochs: an earlier stop request waits (default 0). */
+  readonly minEpochs?: number | undefined
+  /** Take at least this many optimizer steps: an earlier stop request waits (default 0). */
+  readonly minSteps?: number | undefined
+  /**
+   * Stop after this much fit time (the Effect `Clock`; time before a resume counts),
+   * checked after every batch; `minEpochs` / `minSteps` take precedence.
+   */
+  readonly maxTime?: Duration.Input | undefined
+  /** Print a model summary at the start of fit (default true). */
+  readonly enableModelSummary?: boolean | undefined
   /**
    * Seed of the random state of the user's code: every unseeded tfjs random op in
    * `configureModel` and the steps (initializers, dropout) draws from it, and the
@@ -197,6 +219,9 @@ class Metrics {
 interface Built<M extends tf.LayersModel> {
   readonly model: M
   readonly optimizer: tf.Optimizer
+  readonly schedulers: ReadonlyArray<LRScheduler.ResolvedConfig>
+  /** The schedulers' states now, in configuration order. */
+  lrStates: ReadonlyArray<LRScheduler.SchedulerState>
 }
 
 const toJson = (value: unknown): Json => JSON.parse(JSON.stringify(value ?? null)) as Json
@@ -295,11 +320,25 @@ export const make = <E = never, R = never>(
     for (const [name, value] of Object.entries({
       maxEpochs,
       checkValEveryNEpoch: options.checkValEveryNEpoch ?? 1,
-      numSanityValSteps: (options.numSanityValSteps ?? 2) + 1
+      numSanityValSteps: (options.numSanityValSteps ?? 2) + 1,
+      minEpochs: (options.minEpochs ?? 0) + 1,
+      minSteps: (options.minSteps ?? 0) + 1
     })) {
       if (!Number.isInteger(value) || value < 1) {
         return yield* new TrainerConfigError({ reason: `${name} must be a positive integer, got ${value}` })
       }
+    }
+    const accumulateAt = yield* Effect.fromResult(GradientAccumulation.resolve(options.accumulateGradBatches)).pipe(
+      Effect.mapError((reason) => new TrainerConfigError({ reason }))
+    )
+    const minEpochs = options.minEpochs ?? 0
+    const minSteps = options.minSteps ?? 0
+    const maxTimeMs = options.maxTime === undefined ? undefined : Option.match(Duration.fromInput(options.maxTime), {
+      onNone: () => undefined,
+      onSome: Duration.toMillis
+    })
+    if (options.maxTime !== undefined && maxTimeMs === undefined) {
+      return yield* new TrainerConfigError({ reason: `maxTime is not a duration: ${String(options.maxTime)}` })
     }
     const builtIn: Array<Callback.Callback> = []
     if (options.enableProgressBar !== false) builtIn.push(ProgressBar.make())
@@ -331,6 +370,15 @@ export const make = <E = never, R = never>(
       sanityChecking: false,
       resumedFrom: undefined as string | undefined,
       current: undefined as { module: TrainingModule<any, any>; built: Built<tf.LayersModel> } | undefined,
+      /** The partial gradient sum of an unfinished accumulation window. */
+      accumulated: undefined as GradientAccumulation.Window | undefined,
+      /** Fit time before this fit started (from a checkpoint), and when this one started (Clock ms). */
+      timeBaseMs: 0,
+      fitStartMs: 0,
+      /** True between the end of an epoch and its epoch-interval scheduler step. */
+      epochEndPending: false,
+      /** Metrics callbacks logged, merged into the next `loggedMetrics`. */
+      pendingLogged: new Map<string, number>(),
       /** The random state of the user's code (when seeded). */
       rng: options.seed === undefined ? undefined : { value: options.seed >>> 0 } as Random.State | undefined
     }
@@ -384,6 +432,16 @@ export const make = <E = never, R = never>(
       ),
       get resumedFrom() {
         return loop.resumedFrom
+      },
+      get learningRates() {
+        const current = loop.current?.built.optimizer
+        if (current === undefined) return new Map<string, number>()
+        const lr = LRScheduler.getLearningRate(current)
+        return new Map(Result.isSuccess(lr) ? [[current.getClassName(), lr.success]] : [])
+      },
+      log: (name, value) => {
+        loop.callbackMetrics.set(name, value)
+        loop.pendingLogged.set(name, value)
       }
     }
 
@@ -408,15 +466,24 @@ export const make = <E = never, R = never>(
           loop.current = { module, built: existing }
           return existing as unknown as Built<M>
         }
-        const fresh = yield* Effect.try({
+        const configured = yield* Effect.try({
           try: () => {
             const model = seeded(() => module.configureModel(tfjs))
-            return { model, optimizer: module.configureOptimizers(tfjs, model) }
+            return { model, configured: module.configureOptimizers(tfjs, model) }
           },
           catch: (cause) => new Callback.CallbackError({ callback: module.name, reason: `building the model failed: ${messageOf(cause)}`, cause })
         })
-        built.set(module, fresh)
-        loop.current = { module, built: fresh }
+        const { optimizer, schedulers } = yield* Effect.fromResult(LRScheduler.normalize(configured.configured))
+        const lrStates: Array<LRScheduler.SchedulerState> = []
+        for (const config of schedulers) {
+          const lr = yield* Effect.fromResult(LRScheduler.getLearningRate(optimizer, config.scheduler.kind))
+          lrStates.push(config.scheduler.init(lr))
+        }
+        // A scheduler's first rate (OneCycleLR's maxLr / divFactor) applies from the first step.
+        if (lrStates.length > 0) LRScheduler.setLearningRate(optimizer, lrStates[lrStates.length - 1]!.lr)
+        const fresh: Built<M> = { model: configured.model, optimizer, schedulers, lrStates }
+        built.set(module, fresh as unknown as Built<tf.LayersModel>)
+        loop.current = { module, built: fresh as unknown as Built<tf.LayersModel> }
         return fresh
       })
 
@@ -464,6 +531,20 @@ export const make = <E = never, R = never>(
           try: (): OptimizerConfig => ({ className: optimizer.getClassName(), config: toJson(optimizer.getConfig()) as Record<string, Json> }),
           catch: (cause) => new Callback.CallbackError({ callback: current.module.name, reason: `optimizer config: ${messageOf(cause)}`, cause })
         })
+        const accumulated = loop.accumulated
+        const accumulatedGrads = weightsOnly || accumulated === undefined ? undefined : yield* Effect.map(
+          device.stage(Object.fromEntries(accumulated.grads.map((g, i) => [String(i), g]))),
+          (staged) => model.trainableWeights.map((w, i) => [w.originalName, staged[String(i)]!] as const)
+        )
+        // Saved at the end of an epoch (onTrainEpochEnd) before its scheduler step: the
+        // checkpoint resumes at the next epoch, so it holds the stepped states.
+        const lrStates = !loop.epochEndPending ? current.built.lrStates : yield* Effect.map(
+          Effect.fromResult(
+            LRScheduler.stepDue(current.built.schedulers, current.built.lrStates, "epoch", loop.epoch, loop.callbackMetrics)
+          ),
+          (r) => r.states
+        )
+        const now = yield* Clock.currentTimeMillis
         // The connector decides what the record holds; the strategy only stages.
         const record = yield* CheckpointConnector.dump({
           staged: yield* strategy.stage(model, weightsOnly ? undefined : optimizer),
@@ -473,11 +554,15 @@ export const make = <E = never, R = never>(
             nextEpoch: loop.next.epoch,
             nextBatch: loop.next.batch,
             globalStep: loop.globalStep,
-            ...(loop.rng === undefined ? {} : { rng: loop.rng.value })
+            ...(loop.rng === undefined ? {} : { rng: loop.rng.value }),
+            ...(current.built.schedulers.length === 0 ? {} : { lrSchedulers: lrStates }),
+            ...(loop.stage === "fit" ? { timeElapsedMs: loop.timeBaseMs + Math.max(0, now - loop.fitStartMs) } : {}),
+            ...(accumulated === undefined ? {} : { accumulatedBatches: accumulated.batches })
           },
           weightsOnly,
           callbacks,
           optimizer: optimizerConfig,
+          accumulatedGrads,
           module: current.module
         })
         if (Option.isSome(record.meta)) yield* call("onSaveCheckpoint", record.meta.value)
@@ -562,13 +647,30 @@ export const make = <E = never, R = never>(
         const described = yield* strategy.describe(target.model, target.optimizer)
         // Everything is validated before anything is applied or "resumed from" logged.
         const plan = yield* loadForResume(requested, fallback, (record, path) =>
-          CheckpointConnector.plan(record, path, described, { numTrainBatches }))
+          CheckpointConnector.plan(record, path, described, {
+            numTrainBatches,
+            lrSchedulers: target.schedulers.map((c) => c.scheduler.kind),
+            accumulateGradBatches: accumulateAt
+          }))
         yield* strategy.restore(target.model, target.optimizer, plan)
         if (plan.loop !== undefined) {
           if (plan.loop.rng !== undefined) loop.rng = { value: plan.loop.rng }
           loop.epoch = plan.loop.nextEpoch
           loop.resumeBatch = plan.loop.nextBatch
           loop.globalStep = plan.loop.globalStep
+          loop.timeBaseMs = plan.loop.timeElapsedMs
+          if (plan.loop.lrSchedulers !== undefined && plan.loop.lrSchedulers.length > 0) {
+            target.lrStates = plan.loop.lrSchedulers
+            LRScheduler.setLearningRate(target.optimizer, plan.loop.lrSchedulers[plan.loop.lrSchedulers.length - 1]!.lr)
+          }
+          loop.accumulated = GradientAccumulation.dispose(tfjs, loop.accumulated)
+          if (plan.loop.accumulatedGrads.length > 0) {
+            const uploaded = yield* device.upload(Object.fromEntries(plan.loop.accumulatedGrads.map((t, i) => [String(i), t])))
+            loop.accumulated = {
+              grads: plan.loop.accumulatedGrads.map((_, i) => uploaded[String(i)]!),
+              batches: plan.loop.accumulatedBatches
+            }
+          }
         }
         if (Option.isSome(plan.meta)) {
           yield* CheckpointConnector.restoreUserState(plan.meta.value, callbacks, module)
@@ -641,12 +743,58 @@ export const make = <E = never, R = never>(
       const valEvery = interval > 1 ? Math.floor(interval) : Number.isFinite(perEpoch) ? Math.max(1, Math.floor(perEpoch * interval)) : Infinity
       const checkValEveryNEpoch = options.checkValEveryNEpoch ?? 1
       const stepOptions = { gradientClipVal: options.gradientClipVal, gradientClipAlgorithm: options.gradientClipAlgorithm }
+      /** Lightning's `_can_stop_early`: a stop request waits for minEpochs (completed) and minSteps. */
+      const canStopEarly = (epochsDone: number) => epochsDone >= minEpochs && loop.globalStep >= minSteps
+      const maxStepsReached = () => maxSteps !== -1 && loop.globalStep >= maxSteps
+      let deferredLogged = false
+      const stopping = (epochsDone: number) =>
+        Effect.gen(function*() {
+          if (!loop.shouldStop) return false
+          if (maxStepsReached() || canStopEarly(epochsDone)) return true
+          if (!deferredLogged) {
+            deferredLogged = true
+            yield* Effect.logInfo(
+              `Trainer: a stop was requested but minEpochs=${minEpochs} / minSteps=${minSteps} is not met; training continues`
+            )
+          }
+          return false
+        })
+      const checkTime = Effect.gen(function*() {
+        if (maxTimeMs === undefined || loop.shouldStop) return
+        const elapsed = loop.timeBaseMs + (yield* Clock.currentTimeMillis) - loop.fitStartMs
+        if (elapsed >= maxTimeMs) {
+          loop.shouldStop = true
+          yield* Effect.logInfo(`Trainer: time limit reached (maxTime ${Duration.format(Duration.millis(maxTimeMs))}); signaling to stop`)
+        }
+      })
+      const stepSchedulers = (interval: "epoch" | "step", index: number) =>
+        Effect.gen(function*() {
+          if (target.schedulers.length === 0) return
+          const next = yield* Effect.fromResult(
+            LRScheduler.stepDue(target.schedulers, target.lrStates, interval, index, loop.callbackMetrics)
+          )
+          for (const skipped of next.skipped) yield* Effect.logWarning(`Trainer: learning-rate scheduler skipped: ${skipped}`)
+          target.lrStates = next.states
+          LRScheduler.setLearningRate(optimizer, next.states[next.states.length - 1]!.lr)
+        })
+      const takeLogged = (metrics: ReadonlyMap<string, number>) => {
+        const merged = new Map([...loop.pendingLogged, ...metrics])
+        loop.pendingLogged.clear()
+        return merged
+      }
 
       const body = Effect.gen(function*() {
+        loop.fitStartMs = yield* Clock.currentTimeMillis
+        loop.timeBaseMs = 0
+        loop.epochEndPending = false
+        loop.accumulated = GradientAccumulation.dispose(tfjs, loop.accumulated)
         yield* call("setup", "fit")
         if (fitOptions?.ckptPath !== undefined) {
           const path = yield* resolveCkptPath(fitOptions.ckptPath)
           if (Option.isSome(path)) yield* restoreFrom(path.value, module, target, fitOptions.ckptPath === "last", data.numTrainBatches)
+        }
+        if (options.enableModelSummary !== false) {
+          yield* Effect.logInfo(`Trainer: model summary of ${module.name}\n${ModelSummary.format(ModelSummary.summarize(model))}`)
         }
         yield* call("onFitStart")
         const sanitySteps = options.numSanityValSteps ?? 2
@@ -658,7 +806,7 @@ export const make = <E = never, R = never>(
           loop.sanityChecking = false
         }
         yield* call("onTrainStart")
-        while (!loop.shouldStop && loop.epoch < maxEpochs && (maxSteps === -1 || loop.globalStep < maxSteps)) {
+        while (!(yield* stopping(loop.epoch)) && loop.epoch < maxEpochs && (maxSteps === -1 || loop.globalStep < maxSteps)) {
           const metrics = new Metrics(true)
           const ctx = stepContext(metrics)
           const startBatch = loop.resumeBatch
@@ -675,22 +823,41 @@ export const make = <E = never, R = never>(
                 Effect.gen(function*() {
                   loop.batchIdx = index
                   yield* call("onTrainBatchStart", index)
-                  const loss = yield* strategy.trainingStep(
-                    model,
-                    optimizer,
-                    () => seeded(() => module.trainingStep(model, batch, ctx)),
-                    stepOptions
-                  )
-                  loop.globalStep++
+                  const userLoss = () => seeded(() => module.trainingStep(model, batch, ctx))
+                  const n = accumulateAt(loop.epoch)
+                  let loss: number
+                  let stepped = true
+                  if (n === 1 && loop.accumulated === undefined) {
+                    loss = yield* strategy.trainingStep(model, optimizer, userLoss, stepOptions)
+                  } else {
+                    // Accumulation: sum the gradients of loss / n, one optimizer step per window.
+                    const computed = yield* strategy.computeGradients(model, userLoss, 1 / n)
+                    loss = computed.loss
+                    loop.accumulated = GradientAccumulation.add(tfjs, loop.accumulated, computed.grads)
+                    stepped = GradientAccumulation.endsWindow(index, n, perEpoch)
+                    if (stepped) {
+                      const window = loop.accumulated
+                      loop.accumulated = undefined
+                      yield* strategy.applyGradients(model, optimizer, window.grads, stepOptions).pipe(
+                        Effect.ensuring(Effect.sync(() => GradientAccumulation.dispose(tfjs, window)))
+                      )
+                    }
+                  }
+                  if (stepped) {
+                    loop.globalStep++
+                    yield* stepSchedulers("step", index)
+                  }
                   metrics.step.set("loss", loss)
                   for (const [k, v] of metrics.step) loop.callbackMetrics.set(k, v)
-                  loop.loggedMetrics = new Map(metrics.step)
+                  loop.loggedMetrics = takeLogged(metrics.step)
                   metrics.step.clear()
                   if (maxSteps !== -1 && loop.globalStep >= maxSteps) loop.shouldStop = true
                   const last = index + 1 >= perEpoch
                   // A checkpoint taken now resumes at the next batch.
                   loop.next = { epoch: loop.epoch, batch: index + 1 }
                   yield* call("onTrainBatchEnd", { loss }, index)
+                  // Lightning's Timer checks at the end of every batch.
+                  yield* checkTime
                   index++
                   if (validateThisEpoch && (index % valEvery === 0 || last)) {
                     if (last) validatedAtEnd = true
@@ -698,7 +865,7 @@ export const make = <E = never, R = never>(
                   }
                   // Let background fibers (asynchronous checkpoint saves) run.
                   yield* Effect.yieldNow
-                  return !loop.shouldStop && index < trainLimit
+                  return !(yield* stopping(loop.epoch)) && index < trainLimit
                 })
             )
           }
@@ -709,16 +876,32 @@ export const make = <E = never, R = never>(
           if (validateThisEpoch && !validatedAtEnd && (!Number.isFinite(perEpoch) || resumedAtEnd)) {
             yield* runValidation(module, model, data)
           }
+          const stoppedEarly = yield* stopping(loop.epoch)
+          const finished = !stoppedEarly || index >= Math.min(perEpoch, trainLimit)
+          // An epoch of unknown length ends its last window here.
+          if (finished && loop.accumulated !== undefined) {
+            const window = loop.accumulated
+            loop.accumulated = undefined
+            yield* strategy.applyGradients(model, optimizer, window.grads, stepOptions).pipe(
+              Effect.ensuring(Effect.sync(() => GradientAccumulation.dispose(tfjs, window)))
+            )
+            loop.globalStep++
+            yield* stepSchedulers("step", index - 1)
+          }
           const means = metrics.means()
           for (const [k, v] of means) loop.callbackMetrics.set(k, v)
           // Loggers see exactly the epoch-level training metrics here (maybe none).
-          loop.loggedMetrics = means
+          loop.loggedMetrics = takeLogged(means)
           // Stopped mid-epoch (maxSteps, a callback): a checkpoint resumes at the next
           // batch of this epoch; otherwise at the start of the next epoch.
-          const finished = !loop.shouldStop || index >= Math.min(perEpoch, trainLimit)
           loop.next = finished ? { epoch: loop.epoch + 1, batch: 0 } : { epoch: loop.epoch, batch: index }
+          loop.epochEndPending = finished
           yield* call("onTrainEpochEnd")
           if (!finished) break
+          // Epoch-interval schedulers step after onTrainEpochEnd (Lightning's order).
+          yield* stepSchedulers("epoch", loop.epoch)
+          loop.epochEndPending = false
+          yield* checkTime
           loop.epoch++
           loop.batchIdx = 0
         }

@@ -31,6 +31,7 @@
 import type * as tf from "@tensorflow/tfjs"
 import type { Json } from "effect/Schema"
 import type { HostTensor } from "./Checkpoint.ts"
+import type { OptimizerConfiguration } from "./LRScheduler.ts"
 
 /** Where a logged value goes: per step, per epoch (averaged), or both. */
 export interface LogOptions {
@@ -66,8 +67,12 @@ export interface TrainingModule<Batch, Model extends tf.LayersModel = tf.LayersM
    * counters, and a checkpoint then maps by order and shape instead.
    */
   readonly configureModel: (tfjs: typeof tf) => Model
-  /** The optimizer (Adam, SGD, …); its state goes into checkpoints. */
-  readonly configureOptimizers: (tfjs: typeof tf, model: Model) => tf.Optimizer
+  /**
+   * The optimizer (Adam, SGD, …), alone or with a learning-rate scheduler
+   * (Lightning's `{ optimizer, lrScheduler: { scheduler, interval, frequency, monitor } }`,
+   * see `LRScheduler`); their states go into checkpoints.
+   */
+  readonly configureOptimizers: (tfjs: typeof tf, model: Model) => OptimizerConfiguration
   /** One training step: returns the scalar loss to minimise. */
   readonly trainingStep: (model: Model, batch: Batch, ctx: StepContext) => tf.Scalar
   /** One validation step: logs metrics with `ctx.log` (epoch means by default). */

@@ -116,7 +116,16 @@ describe("CheckpointConnector (pure: names, loop state, validation)", () => {
       const record = yield* dumpOf(2)
       const plan = (r: Checkpoint.Checkpoint) => CheckpointConnector.plan(r, "/run/mid.ckpt", target(2), { numTrainBatches: 6 })
       const ok = Result.getOrThrow(plan(record))
-      assert.deepStrictEqual(ok.loop, { nextEpoch: 1, nextBatch: 2, globalStep: 8, rng: 7 })
+      assert.deepStrictEqual(ok.loop, {
+        nextEpoch: 1,
+        nextBatch: 2,
+        globalStep: 8,
+        rng: 7,
+        lrSchedulers: undefined,
+        timeElapsedMs: 0,
+        accumulatedGrads: [],
+        accumulatedBatches: 0
+      })
       const cases: ReadonlyArray<readonly [Record<string, unknown>, string]> = [
         [{ nextEpoch: "x" }, "meta.loops.fit.nextEpoch"],
         [{ nextEpoch: -3 }, "meta.loops.fit.nextEpoch"],

@@ -6,6 +6,7 @@ import * as Callback from "../src/Callback.ts"
 import * as CheckpointConnector from "../src/CheckpointConnector.ts"
 import { CheckpointIO } from "../src/CheckpointIO.ts"
 import * as Device from "../src/Device.ts"
+import * as LRScheduler from "../src/LRScheduler.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
@@ -303,7 +304,7 @@ describe("Trainer", () => {
       const strategy = trainer.strategy
       const tfjs = strategy.device.tf
       const fresh = module.configureModel(tfjs)
-      const adam = module.configureOptimizers(tfjs, fresh)
+      const adam = LRScheduler.optimizerOf(module.configureOptimizers(tfjs, fresh))
       const plan = yield* Effect.fromResult(CheckpointConnector.plan(full, "/ckpt/full.ckpt", yield* strategy.describe(fresh, adam)))
       yield* strategy.restore(fresh, adam, plan)
       const restored = CheckpointConnector.encodeTensors(yield* strategy.stage(fresh, adam))

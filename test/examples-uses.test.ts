@@ -155,6 +155,14 @@ describe("examples of each use", () => {
     }
   })
 
+  it("schedules: EarlyStopping, a schedule, accumulation and minEpochs; a resume inside a window is bit-identical", () => {
+    const out = example("schedules.ts")
+    assert.match(out, /straight: 5 epochs, 15 optimizer steps/)
+    assert.match(out, /early stopping: stopped epoch 4/)
+    assert.match(out, /stopped at step 4, inside an accumulation window/)
+    assert.match(out, /resumed from inside an accumulation window: bit-identical weights/)
+  })
+
   it("memory-io-in-tests: the memory store, a damaged file, and a disk that fills up at the rename", () => {
     const out = example("memory-io-in-tests.ts")
     assert.strictEqual(out.split("\n").filter((l) => l.startsWith("ok - ")).length, 3, out)
