@@ -44,8 +44,10 @@
  *
  * When it saves (by default at the end of every training epoch):
  * - `everyNTrainSteps`, `everyNEpochs` and `trainTimeInterval` are mutually
- *   exclusive (a `ModelCheckpointConfigError` from `make`); `last.ckpt` is written at
- *   every epoch end (or validation end) whatever `everyNEpochs` says, as in Lightning;
+ *   exclusive (a `ModelCheckpointConfigError` from `make`); `last.ckpt` is written
+ *   with each save that is due, and at the end of training when no save wrote it at
+ *   the final step (Lightning 2.6); a step- or time-triggered save of a metric logged
+ *   in validation waits for the end of the next validation (Lightning 2.6's deferral);
  * - `saveOnTrainEpochEnd: true`: at the end of training epochs; `false`: at the end
  *   of each validation during fit; unset (the default): at the end of training
  *   epochs, except an epoch in which no validation ran while validations run in this
@@ -90,7 +92,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Data, Duration, Effect, Option } from "effect"
+import { Cause, Clock, Config, Data, Duration, Effect, Option } from "effect"
 import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
@@ -151,6 +153,16 @@ export interface Options {
    * again). Other errors (an invalid checkpoint, a missing monitored metric) always stop.
    */
   readonly saveErrors?: "stop" | "warn" | undefined
+  /** The last checkpoint's name, a template like `filename` (default `"last"`; Lightning's `CHECKPOINT_NAME_LAST`, e.g. `"last-{epoch}"`). */
+  readonly lastName?: string | undefined
+  /** The file extension, with its dot (default `".ckpt"`; Lightning's `FILE_EXTENSION`). */
+  readonly fileExtension?: string | undefined
+  /** Joins name parts: prefix, name, version (default `"-"`; Lightning's `CHECKPOINT_JOIN_CHAR`). */
+  readonly joinChar?: string | undefined
+  /** Between a metric's name and value with `autoInsertMetricName` (default `"="`; Lightning's `CHECKPOINT_EQUALS_CHAR`). */
+  readonly equalsChar?: string | undefined
+  /** The first version suffix (default 1: `-v1`; Lightning's `STARTING_VERSION`). */
+  readonly startingVersion?: number | undefined
 }
 
 // ---------------------------------------------------------------------------
@@ -375,7 +387,8 @@ const integerFields = new Set(["epoch", "step"])
 export const renderTemplate = (
   segments: ReadonlyArray<Segment>,
   metrics: ReadonlyMap<string, number>,
-  autoInsertMetricName: boolean
+  autoInsertMetricName: boolean,
+  equalsChar: string = "="
 ): string => {
   let out = ""
   for (const segment of segments) {
@@ -385,7 +398,7 @@ export const renderTemplate = (
     }
     const value = metrics.get(segment.name)
     const integer = value === undefined || integerFields.has(segment.name)
-    out += (autoInsertMetricName ? `${segment.name}=` : "") + formatValue(value ?? 0, integer, segment.spec)
+    out += (autoInsertMetricName ? `${segment.name}${equalsChar}` : "") + formatValue(value ?? 0, integer, segment.spec)
   }
   return sanitizeFileName(out)
 }
@@ -417,7 +430,14 @@ const pyRepr = (value: string | number | undefined): string => {
 
 const baseName = (path: string): string => path.slice(Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\")) + 1)
 
-const lastPattern = /^last(?:-v(\d+))?\.ckpt$/
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
+/** A pattern for the file names the last-checkpoint template renders (fields: anything), with any version. */
+const lastNamePattern = (segments: ReadonlyArray<Segment>, joinChar: string, extension: string): RegExp =>
+  new RegExp(
+    `^${segments.map((s) => (s._tag === "Literal" ? escapeRegExp(sanitizeFileName(s.text)) : ".+?")).join("")}` +
+      `(?:${escapeRegExp(joinChar)}v(\\d+))?${escapeRegExp(extension)}$`
+  )
 
 // ---------------------------------------------------------------------------
 // The callback
@@ -439,6 +459,13 @@ interface Resolved {
   readonly enableVersionCounter: boolean
   readonly verbose: boolean
   readonly saveErrors: "stop" | "warn"
+  readonly lastName: string
+  readonly fileExtension: string
+  readonly joinChar: string
+  readonly equalsChar: string
+  readonly startingVersion: number
+  /** Matches a last checkpoint's file name (any version) for discovery at setup. */
+  readonly lastPattern: RegExp
 }
 
 const normalizeDir = (dir: string): string => {
@@ -499,9 +526,18 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   #resumedStep: number | undefined = undefined
   #lastTimeChecked: number | undefined = undefined
   #validatedThisFit = false
+  /**
+   * A validation ran after the epoch's last batch (at its end). Lightning saves at
+   * validation ends when validation runs inside epochs, so an epoch end saves only
+   * after its own end-of-epoch validation (or when no validation runs in the fit).
+   */
   #validatedThisEpoch = false
   #pendingValidationSave = false
   #warnedMissingMonitor = false
+  /** A step- or time-triggered save waits for the end of the next validation (Lightning 2.6). */
+  #deferred = false
+  /** The monitored metric came from a validation (so a train-batch save would rank a stale value). */
+  #monitorFromValidation = false
   /** Top-k checkpoints rotated out at this save event: removed once `last` is written. */
   #rotatedOut: Array<{ readonly previous: string; readonly current: string }> = []
 
@@ -534,8 +570,9 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       if (options.trainTimeInterval !== undefined) {
         const duration = Duration.fromInput(options.trainTimeInterval)
         const ms = Option.isSome(duration) ? Duration.toMillis(duration.value) : NaN
-        if (!(ms > 0) || !Number.isFinite(ms)) {
-          return fail("trainTimeInterval", `must be a positive, finite duration, got ${String(options.trainTimeInterval)}`)
+        // Zero is accepted, as in Lightning: a save at every training batch.
+        if (!(ms >= 0) || !Number.isFinite(ms)) {
+          return fail("trainTimeInterval", `must be a non-negative, finite duration, got ${String(options.trainTimeInterval)}`)
         }
         trainTimeIntervalMs = ms
       }
@@ -557,19 +594,36 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         return fail("saveTopK", `${saveTopK} needs a monitor: without one there is no quantity to rank by (use -1, 0 or 1)`)
       }
       if (options.monitor !== undefined && options.monitor.length === 0) return fail("monitor", "must not be empty")
-      if (options.dirpath !== undefined && options.dirpath.length === 0) return fail("dirpath", "must not be empty")
       const saveErrors = options.saveErrors ?? "stop"
       if (saveErrors !== "stop" && saveErrors !== "warn") {
         return fail("saveErrors", `must be "stop" or "warn", got ${String(saveErrors)}`)
       }
+      const joinChar = options.joinChar ?? ModelCheckpoint.joinChar
+      const equalsChar = options.equalsChar ?? "="
+      const fileExtension = options.fileExtension ?? ModelCheckpoint.fileExtension
+      const startingVersion = options.startingVersion ?? ModelCheckpoint.startingVersion
+      const lastName = options.lastName ?? ModelCheckpoint.lastName
+      if (!Number.isInteger(startingVersion) || startingVersion < 0) {
+        return fail("startingVersion", `must be a non-negative integer, got ${startingVersion}`)
+      }
+      for (const [option, value] of [["joinChar", joinChar], ["equalsChar", equalsChar], ["fileExtension", fileExtension]] as const) {
+        if (/[/\\\u0000-\u001f]/.test(value)) {
+          return fail(option, `must not hold a path separator or a control character, got ${JSON.stringify(value)}`)
+        }
+      }
       const template = options.filename === undefined || options.filename.length === 0
-        ? "{epoch}" + ModelCheckpoint.joinChar + "{step}"
+        ? "{epoch}" + joinChar + "{step}"
         : options.filename
       const segments = parseTemplate(template)
       if (typeof segments === "string") return fail("filename", `${JSON.stringify(template)}: ${segments}`)
+      const lastSegments = parseTemplate(lastName)
+      if (typeof lastSegments === "string" || lastName.length === 0) {
+        return fail("lastName", `${JSON.stringify(lastName)}: ${typeof lastSegments === "string" ? lastSegments : "must not be empty"}`)
+      }
       return Effect.succeed(
         new ModelCheckpoint({
-          dirpath: options.dirpath === undefined ? undefined : normalizeDir(options.dirpath),
+          // Lightning: an empty dirpath is no dirpath (the default is decided at setup).
+          dirpath: options.dirpath === undefined || options.dirpath.length === 0 ? undefined : normalizeDir(options.dirpath),
           template: segments,
           monitor: options.monitor,
           mode,
@@ -584,7 +638,13 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
           saveOnException: options.saveOnException ?? false,
           enableVersionCounter: options.enableVersionCounter ?? true,
           verbose: options.verbose ?? false,
-          saveErrors
+          saveErrors,
+          lastName,
+          fileExtension,
+          joinChar,
+          equalsChar,
+          startingVersion,
+          lastPattern: lastNamePattern(lastSegments, joinChar, fileExtension)
         })
       )
     })
@@ -667,10 +727,16 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const parsed = parseTemplate(options.filename)
       segments = typeof parsed === "string" ? [{ _tag: "Literal", text: options.filename }] : parsed
     }
-    let name = renderTemplate(segments, metrics, this.#options.autoInsertMetricName)
-    if (options?.prefix !== undefined) name = sanitizeFileName(options.prefix) + ModelCheckpoint.joinChar + name
-    if (options?.ver !== undefined) name = name + ModelCheckpoint.joinChar + `v${options.ver}`
-    const file = name + ModelCheckpoint.fileExtension
+    const { autoInsertMetricName, equalsChar, joinChar, fileExtension } = this.#options
+    let name = renderTemplate(segments, metrics, autoInsertMetricName, equalsChar)
+    if (options?.prefix !== undefined) {
+      // Lightning: a name that already starts with the prefix gets it once
+      // (`filename: "exception"` → `exception.ckpt`).
+      const prefix = sanitizeFileName(options.prefix)
+      if (name !== prefix && !name.startsWith(prefix + joinChar)) name = prefix + joinChar + name
+    }
+    if (options?.ver !== undefined) name = name + joinChar + `v${options.ver}`
+    const file = name + fileExtension
     return this.#dirpath === undefined ? file : joinPath(this.#dirpath, file)
   }
 
@@ -730,7 +796,19 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   readonly setup: Callback.Hook<[stage: Callback.Stage]> = (trainer, stage) =>
     Effect.gen({ self: this }, function*() {
       this.#dirpath = this.#options.dirpath ?? normalizeDir(joinPath(trainer.defaultRootDir, "checkpoints"))
+      if (this.#dirpath === "~" || this.#dirpath.startsWith("~/")) {
+        // Lightning expands the user's home (`os.path.expanduser`); HOME from the environment.
+        const home = yield* Effect.orElseSucceed(
+          Effect.gen(function*() {
+            return yield* Config.option(Config.String("HOME"))
+          }),
+          () => Option.none<string>()
+        )
+        if (Option.isSome(home)) this.#dirpath = normalizeDir(home.value + this.#dirpath.slice(1))
+      }
       if (stage !== "fit") return
+      this.#deferred = false
+      this.#monitorFromValidation = false
       this.#validatedThisFit = false
       this.#validatedThisEpoch = false
       this.#pendingValidationSave = false
@@ -742,7 +820,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       let newest: { name: string; modifiedAt: number; version: number } | undefined
       for (const entry of entries) {
         const name = baseName(entry.path)
-        const match = lastPattern.exec(name)
+        const match = this.#options.lastPattern.exec(name)
         if (match === null) continue
         const version = match[1] === undefined ? 0 : Number(match[1])
         if (newest === undefined || entry.modifiedAt > newest.modifiedAt || (entry.modifiedAt === newest.modifiedAt && version > newest.version)) {
@@ -767,10 +845,11 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
 
   readonly onTrainBatchStart: Callback.Hook<[batchIdx: number]> = (trainer) =>
     Effect.suspend(() => {
+      this.#validatedThisEpoch = false
       // A validation inside the epoch (default mode): save now, in the state it left.
       if (!this.#pendingValidationSave) return Effect.void
       this.#pendingValidationSave = false
-      return this.#shouldSkip(trainer) ? Effect.void : this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none")
+      return this.#shouldSkip(trainer) || !this.#epochDue(trainer) ? Effect.void : this.#saveEvent(trainer, "topK")
     })
 
   readonly onTrainBatchEnd: Callback.Hook<[output: Callback.TrainStepOutput, batchIdx: number]> = (trainer) =>
@@ -786,6 +865,14 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       }
       if (skipBatch && skipTime) return
       if (!skipTime) this.#lastTimeChecked = now
+      const monitor = this.#options.monitor
+      if (monitor !== undefined && trainer.loggedMetrics.has(monitor)) this.#monitorFromValidation = false
+      // Lightning 2.6: a monitored metric logged in validation (or not logged yet) is
+      // ranked with its fresh value: the save waits for the end of the next validation.
+      if (monitor !== undefined && (this.#monitorFromValidation || !trainer.callbackMetrics.has(monitor))) {
+        this.#deferred = true
+        return
+      }
       yield* this.#saveEvent(trainer, "topK")
     })
 
@@ -795,7 +882,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       if (this.#shouldSkip(trainer)) return Effect.void
       const when = this.#options.saveOnTrainEpochEnd
       const save = when === true || (when === undefined && (this.#validatedThisEpoch || !this.#validatedThisFit))
-      return save ? this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none") : Effect.void
+      // Lightning 2.6: the last checkpoint too is written only when a save is due here.
+      return save && this.#epochDue(trainer) ? this.#saveEvent(trainer, "topK") : Effect.void
     })
 
   readonly onValidationEnd: Callback.Hook = (trainer) =>
@@ -803,10 +891,32 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       if (trainer.stage !== "fit" || trainer.sanityChecking) return Effect.void
       this.#validatedThisFit = true
       this.#validatedThisEpoch = true
+      const monitor = this.#options.monitor
+      if (monitor !== undefined && trainer.loggedMetrics.has(monitor)) this.#monitorFromValidation = true
+      if (this.#deferred) {
+        this.#deferred = false
+        if (!this.#shouldSkip(trainer)) return this.#saveEvent(trainer, "topK")
+      }
       const when = this.#options.saveOnTrainEpochEnd
       if (when === undefined) this.#pendingValidationSave = true
-      if (when !== false || this.#shouldSkip(trainer)) return Effect.void
-      return this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none")
+      if (when !== false || this.#shouldSkip(trainer) || !this.#epochDue(trainer)) return Effect.void
+      return this.#saveEvent(trainer, "topK")
+    })
+
+  /**
+   * Lightning 2.6: `last.ckpt` is brought up to date at the end of training when no
+   * save event wrote it at the final step (with `everyNEpochs: 0`, or saves at
+   * validation ends and no validation, `last` is written here once). A save still
+   * deferred to a validation that never came happens here too.
+   */
+  readonly onTrainEnd: Callback.Hook = (trainer) =>
+    Effect.suspend(() => {
+      if (this.#shouldSkip(trainer) || trainer.globalStep === 0) return Effect.void
+      if (this.#deferred) {
+        this.#deferred = false
+        return this.#saveEvent(trainer, "topK")
+      }
+      return this.#options.saveLast === false ? Effect.void : this.#saveEvent(trainer, "none")
     })
 
   /** The fit's pending saves are waited for here, and a background failure handled by `saveErrors`. */
@@ -892,7 +1002,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       this.#dir(trainer)
       let path = this.formatCheckpointName(candidates, options)
       if (!this.#options.enableVersionCounter) return path
-      let version = ModelCheckpoint.startingVersion
+      let version = this.#options.startingVersion
       while (path !== replacing && (yield* trainer.checkpointIO.exists(path)) && !(yield* this.#isOwnLeftover(trainer, path))) {
         path = this.formatCheckpointName(candidates, { ...options, ver: version })
         version++
@@ -956,7 +1066,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const previousLast = this.#lastModelPath
       let lastPath: string | undefined
       if (this.#options.saveLast !== false) {
-        lastPath = yield* this.#freePath(trainer, candidates, { filename: ModelCheckpoint.lastName }, previousLast)
+        lastPath = yield* this.#freePath(trainer, candidates, { filename: this.#options.lastName }, previousLast)
         this.#lastModelPath = lastPath
       }
       this.#rotatedOut = []

@@ -16,7 +16,7 @@ import { countingIO } from "./support/countingIO.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
-const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false }
+const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false, enableCheckpointing: false }
 
 const stack = (
   options: Trainer.TrainerOptions<never, never> = {},
@@ -71,7 +71,8 @@ describe("Trainer", () => {
       const fs = yield* FileSystem.FileSystem
       const root = yield* fs.makeTempDirectoryScoped({ prefix: "trainer-logs-" })
       const trainer = yield* Trainer.make({ maxEpochs: 2, defaultRootDir: root, numSanityValSteps: 0 })
-      assert.deepStrictEqual(trainer.callbacks.map((c) => c.name), ["ProgressBar", "CsvLogger"])
+      // And a default ModelCheckpoint (issue 13.7), last: checkpoint callbacks run after the others.
+      assert.deepStrictEqual(trainer.callbacks.map((c) => c.name), ["ProgressBar", "CsvLogger", "ModelCheckpoint"])
       yield* trainer.fit(irisClassifier(), irisData())
       const csv = yield* fs.readFileString(`${root}/logs/version_0/metrics.csv`)
       const [header, ...rows] = csv.trim().split("\n")
