@@ -81,6 +81,8 @@ export interface TrainerState {
   readonly saveCheckpoint: (path: string, options?: SaveCheckpointOptions) => Effect.Effect<void, HookError>
   /** The path the current fit resumed from, if any. */
   readonly resumedFrom: string | undefined
+  /** Batches per loop under `fastDevRun` (Lightning's `fast_dev_run`); 0 or absent: off. Checkpoint callbacks do not save then. */
+  readonly fastDevRun?: number | undefined
 }
 
 /** Outputs of a training step, as `onTrainBatchEnd` sees them. */

@@ -100,6 +100,13 @@ export interface TrainerOptions<E = never, R = never> {
    * `<defaultRootDir>/checkpoints` at every epoch end. False: none.
    */
   readonly enableCheckpointing?: boolean | undefined
+  /**
+   * Lightning's `fast_dev_run`: `true` (1) or `n` runs n batches of train, validation,
+   * test and predict (one epoch, no sanity check) to find bugs fast, with no side
+   * effects: no CSV logger, and checkpoint callbacks do not save (`fastDevRun` in the
+   * state). Default false.
+   */
+  readonly fastDevRun?: boolean | number | undefined
   /** The CSV metrics logger callback (default true). */
   readonly logger?: boolean | undefined
   /**
@@ -275,6 +282,29 @@ export const resolveBest = (
   return Result.succeed({ path, warning })
 }
 
+/**
+ * The options `fastDevRun` stands for (Lightning's): `n` batches of every loop, one
+ * epoch, at most `n` steps, no sanity check, validation at the epoch's end, no logger.
+ * Options without `fastDevRun` come back as they are.
+ */
+export const withFastDevRun = <E, R>(options: TrainerOptions<E, R>): TrainerOptions<E, R> => {
+  const n = options.fastDevRun === true ? 1 : options.fastDevRun === false ? 0 : options.fastDevRun ?? 0
+  if (n === 0 || !Number.isInteger(n) || n < 0) return options
+  return {
+    ...options,
+    limitTrainBatches: n,
+    limitValBatches: n,
+    limitTestBatches: n,
+    limitPredictBatches: n,
+    maxEpochs: 1,
+    maxSteps: n,
+    numSanityValSteps: 0,
+    valCheckInterval: 1,
+    checkValEveryNEpoch: 1,
+    logger: false
+  }
+}
+
 /** Where the store of a run comes from, in order of precedence. */
 export type CheckpointIOSource = "plugins" | "strategy" | "context" | "default"
 
@@ -355,9 +385,10 @@ const chooseCheckpointIO = <E, R>(strategy: StrategyShape, plugin: Layer.Layer<C
 
 /** Builds the Trainer on the `Strategy` in context. */
 export const make = <E = never, R = never>(
-  options: TrainerOptions<E, R> = {}
+  given: TrainerOptions<E, R> = {}
 ): Effect.Effect<TrainerShape, TrainerConfigError | E, Strategy | R | FileSystem.FileSystem | Path.Path | import("effect").Scope.Scope> =>
   Effect.gen(function*() {
+    const options = withFastDevRun(given)
     const strategy = yield* Strategy
     const device = strategy.device
     const tfjs = device.tf
@@ -375,14 +406,23 @@ export const make = <E = never, R = never>(
         return yield* new TrainerConfigError({ reason: `${name} must be a positive integer, got ${value}` })
       }
     }
+    const fast = options.fastDevRun === true ? 1 : options.fastDevRun === false ? 0 : options.fastDevRun ?? 0
+    if (!Number.isInteger(fast) || fast < 0) {
+      return yield* new TrainerConfigError({ reason: `fastDevRun must be a boolean or a non-negative integer, got ${fast}` })
+    }
     const builtIn: Array<Callback.Callback> = []
     if (options.enableProgressBar !== false) builtIn.push(ProgressBar.make())
     if (options.logger !== false) builtIn.push(yield* CsvLogger.make())
-    const given = options.callbacks ?? []
-    if (options.enableCheckpointing !== false && !given.some(Callback.isCheckpoint)) {
+    const userCallbacks = options.callbacks ?? []
+    if (options.enableCheckpointing === false && userCallbacks.some(Callback.isCheckpoint)) {
+      return yield* new TrainerConfigError({
+        reason: "the Trainer was configured with enableCheckpointing: false but found a checkpoint callback in callbacks"
+      })
+    }
+    if (options.enableCheckpointing !== false && !userCallbacks.some(Callback.isCheckpoint)) {
       builtIn.push(yield* Effect.orDie(ModelCheckpoint.make())) // default options cannot be refused
     }
-    const callbacks = Callback.ordered([...builtIn, ...given])
+    const callbacks = Callback.ordered([...builtIn, ...userCallbacks])
     const checkpointCallbacks = callbacks.filter(Callback.isCheckpoint)
     const keys = new Set<string>()
     for (const cb of callbacks) {
@@ -462,7 +502,8 @@ export const make = <E = never, R = never>(
       ),
       get resumedFrom() {
         return loop.resumedFrom
-      }
+      },
+      fastDevRun: fast
     }
 
     type HookName = {
@@ -572,6 +613,11 @@ export const make = <E = never, R = never>(
     const resolveCkptPath = (ckptPath: string, fn: string = "fit") =>
       Effect.gen(function*() {
         if (ckptPath !== "last" && ckptPath !== "best") return Option.some(ckptPath)
+        if (ckptPath === "best" && fast > 0) {
+          return yield* new TrainerConfigError({
+            reason: `you cannot execute .${fn}(ckptPath: "best") with fastDevRun: no checkpoint was saved; pass an exact checkpoint path`
+          })
+        }
         if (ckptPath === "best") {
           const decided = resolveBest(fn, checkpointCallbacks.map((cb) => cb.bestModelPath))
           if (Result.isFailure(decided)) return yield* decided.failure

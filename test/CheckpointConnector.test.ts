@@ -341,6 +341,7 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
           const checkpoint = yield* ModelCheckpoint.make({ dirpath: dir, monitor: "loss", saveTopK: 3, saveLast: true })
           const trainer = yield* Trainer.make({
             ...quiet,
+            enableCheckpointing: true,
             maxEpochs,
             seed: 3,
             defaultRootDir: root,

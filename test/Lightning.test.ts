@@ -4,17 +4,23 @@
  */
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
+import type * as tf from "@tensorflow/tfjs"
 import { Effect, Layer, Logger, Option, Result } from "effect"
 import * as posix from "node:path/posix"
 import type * as Callback from "../src/Callback.ts"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import * as CheckpointConnector from "../src/CheckpointConnector.ts"
 import type { CheckpointIOShape } from "../src/CheckpointIO.ts"
+import * as CheckpointRetention from "../src/CheckpointRetention.ts"
+import type * as DataModule from "../src/DataModule.ts"
 import * as Device from "../src/Device.ts"
+import * as Inference from "../src/Inference.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
 import * as ModelCheckpoint from "../src/ModelCheckpoint.ts"
+import * as OnExceptionCheckpoint from "../src/OnExceptionCheckpoint.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
+import type { StepContext, TrainingModule } from "../src/TrainingModule.ts"
 import { epochEnd, fakeTrainer } from "./support/fakeTrainer.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 
@@ -240,6 +246,9 @@ describe("issue 13: Lightning 2.6 semantics", () => {
       assert.deepStrictEqual(yield* names(trainer.checkpointIO, "/run/checkpoints"), ["epoch=1-step=12.ckpt"])
       const off = yield* Trainer.make({ ...quiet, enableCheckpointing: false })
       assert.strictEqual(off.checkpointCallbacks.length, 0)
+      // Lightning refuses a checkpoint callback with enableCheckpointing false.
+      const refused = yield* Effect.flip(Trainer.make({ ...quiet, enableCheckpointing: false, callbacks: [yield* ModelCheckpoint.make()] }))
+      assert.strictEqual(refused._tag, "TrainerConfigError")
       const own = yield* Trainer.make({ ...quiet, callbacks: [yield* ModelCheckpoint.make({ saveLast: true })] })
       assert.strictEqual(own.checkpointCallbacks.length, 1)
       assert.strictEqual((own.checkpointCallbacks[0] as ModelCheckpoint.ModelCheckpoint).saveLast, true)
@@ -328,4 +337,156 @@ describe("issue 13: Lightning 2.6 semantics", () => {
       yield* fresh.setup(fakeTrainer(io, () => [fresh]), "fit")
       assert.match(fresh.lastModelPath ?? "", /^\/c\/last-epoch:0(_v0)?\.pt$/)
     }))
+})
+
+/** The same classifier with one more layer: two weights the iris checkpoints lack. */
+const widerClassifier = (): TrainingModule<DataModule.XY> => {
+  const base = irisClassifier("wider")
+  return {
+    ...base,
+    configureModel: (tfjs) =>
+      tfjs.sequential({
+        layers: [
+          tfjs.layers.dense({ units: 16, activation: "relu", inputShape: [4], name: "hidden" }),
+          tfjs.layers.dense({ units: 3, name: "out" }),
+          tfjs.layers.dense({ units: 3, name: "extra" })
+        ]
+      })
+  }
+}
+
+const weightsOf = (model: tf.LayersModel) => model.getWeights().map((w) => Array.from(w.dataSync()))
+
+/** A store in context, shared by the Trainer and `Inference`. */
+const withMemoryStore = MemoryCheckpointIO.layer.pipe(Layer.provideMerge(devices))
+
+describe("issue 13: the missing pieces", () => {
+  it.effect("validate, test and predict with ckptPath \"best\" evaluate the best checkpoint's weights", () =>
+    Effect.gen(function*() {
+      const module = irisClassifier()
+      const checkpoint = yield* ModelCheckpoint.make({ dirpath: "/best", monitor: "val_loss", saveTopK: 1 })
+      const trainer = yield* Trainer.make({
+        enableProgressBar: false,
+        logger: false,
+        maxEpochs: 3,
+        numSanityValSteps: 0,
+        callbacks: [checkpoint]
+      })
+      yield* trainer.fit(module, irisData())
+      const best = checkpoint.bestModelPath!
+      const { model: expected } = yield* Inference.loadFromCheckpoint(irisClassifier(), best)
+      // After test(ckptPath: "best") the module's model holds the best weights.
+      const metrics = yield* trainer.test(module, irisData(), { ckptPath: "best" })
+      assert.isTrue(metrics.has("test_acc"))
+      const model = Option.getOrThrow(trainer.model(module))
+      assert.deepStrictEqual(weightsOf(model), weightsOf(expected))
+      assert.isTrue((yield* trainer.validate(module, irisData(), { ckptPath: best })).has("val_loss"))
+      assert.isAbove((yield* trainer.predict(module, irisData(), { ckptPath: "last" })).length, 0)
+      // "best" of a Trainer with no checkpoint callback is a typed error.
+      const bare = yield* Trainer.make({ enableProgressBar: false, logger: false, enableCheckpointing: false })
+      const error = yield* Effect.flip(bare.test(module, irisData(), { ckptPath: "best" }))
+      assert.include(error.message, ".test(ckptPath: \"best\")")
+    }).pipe(Effect.provide(withMemoryStore)))
+
+  it.effect("loadFromCheckpoint: strict loads every weight; a mismatch names the missing tensors; non-strict loads the rest", () =>
+    Effect.gen(function*() {
+      const module = irisClassifier()
+      const trainer = yield* Trainer.make({ enableProgressBar: false, logger: false, enableCheckpointing: false, maxEpochs: 1 })
+      yield* trainer.fit(module, irisData())
+      yield* trainer.saveCheckpoint("/w/final.ckpt")
+      const loaded = yield* Inference.loadFromCheckpoint(irisClassifier(), "/w/final.ckpt")
+      assert.deepStrictEqual(weightsOf(loaded.model), weightsOf(Option.getOrThrow(trainer.model(module))))
+      assert.deepStrictEqual([loaded.missing, loaded.unexpected], [[], []])
+      const mismatch = yield* Effect.flip(Inference.loadFromCheckpoint(widerClassifier(), "/w/final.ckpt"))
+      assert.strictEqual(mismatch._tag, "WeightsMismatch")
+      if (mismatch._tag === "WeightsMismatch") {
+        assert.deepStrictEqual(mismatch.missing, ["model/extra/kernel", "model/extra/bias"])
+        assert.deepStrictEqual(mismatch.unexpected, [])
+        assert.include(mismatch.message, "missing key(s): model/extra/kernel, model/extra/bias")
+      }
+      const partial = yield* Inference.loadFromCheckpoint(widerClassifier(), "/w/final.ckpt", { strict: false })
+      assert.deepStrictEqual(partial.missing, ["model/extra/kernel", "model/extra/bias"])
+      assert.deepStrictEqual(weightsOf(partial.model).slice(0, 4), weightsOf(loaded.model))
+      // The other way round: the checkpoint's extra tensors are unexpected.
+      const wide = yield* Trainer.make({
+        enableProgressBar: false,
+        logger: false,
+        enableCheckpointing: false,
+        maxEpochs: 1,
+        limitTrainBatches: 1
+      })
+      yield* wide.fit(widerClassifier(), irisData())
+      yield* wide.saveCheckpoint("/w/wide.ckpt")
+      const narrow = yield* Effect.flip(Inference.loadFromCheckpoint(irisClassifier(), "/w/wide.ckpt"))
+      assert.strictEqual(narrow._tag, "WeightsMismatch")
+      if (narrow._tag === "WeightsMismatch") assert.deepStrictEqual(narrow.unexpected, ["model/extra/kernel", "model/extra/bias"])
+    }).pipe(Effect.provide(withMemoryStore)))
+
+  it.effect("OnExceptionCheckpoint saves <dirpath>/on_exception.ckpt when the fit fails; a fit that ends well removes it", () =>
+    Effect.gen(function*() {
+      let failAt = 4
+      const base = irisClassifier()
+      let steps = 0
+      const failing: TrainingModule<DataModule.XY> = {
+        ...base,
+        trainingStep: (model: tf.LayersModel, batch: DataModule.XY, ctx: StepContext) => {
+          if (++steps === failAt) throw new Error("boom")
+          return base.trainingStep(model, batch, ctx)
+        }
+      }
+      const onException = yield* OnExceptionCheckpoint.make({ dirpath: "/x" })
+      assert.strictEqual(onException.ckptPath, "/x/on_exception.ckpt")
+      const trainer = yield* Trainer.make({ ...quiet, maxEpochs: 1, numSanityValSteps: 0, callbacks: [onException] })
+      assert.strictEqual(trainer.checkpointCallbacks.length, 1, "no default ModelCheckpoint next to it")
+      const error = yield* Effect.flip(trainer.fit(failing, irisData()))
+      assert.include(error.message, "boom")
+      const saved = yield* trainer.checkpointIO.load("/x/on_exception.ckpt")
+      assert.strictEqual(Option.getOrThrow(saved.meta).globalStep, 3)
+      failAt = -1
+      yield* trainer.fit(failing, irisData())
+      assert.isFalse(yield* trainer.checkpointIO.exists("/x/on_exception.ckpt"))
+      const bad = yield* Effect.flip(OnExceptionCheckpoint.make({ dirpath: "/x", filename: "" }))
+      assert.strictEqual(bad.option, "filename")
+    }).pipe(Effect.provide(devices)))
+
+  it.effect("fastDevRun: n batches of every loop, one epoch, no checkpoint and no logger", () =>
+    Effect.gen(function*() {
+      const batches: Array<string> = []
+      const counter: Callback.Callback = {
+        name: "counter",
+        onTrainBatchEnd: () => Effect.sync(() => void batches.push("train")),
+        onValidationBatchEnd: () => Effect.sync(() => void batches.push("val"))
+      }
+      const checkpoint = yield* ModelCheckpoint.make({ dirpath: "/fast", saveLast: true })
+      const trainer = yield* Trainer.make({ ...quiet, logger: true, maxEpochs: 5, fastDevRun: 2, callbacks: [counter, checkpoint] })
+      assert.notInclude(trainer.callbacks.map((c) => c.name), "CsvLogger")
+      yield* trainer.fit(irisClassifier(), irisData())
+      assert.strictEqual(trainer.state.globalStep, 2)
+      assert.deepStrictEqual(batches, ["train", "train", "val", "val"])
+      assert.deepStrictEqual(yield* names(trainer.checkpointIO, "/fast"), [])
+      const error = yield* Effect.flip(trainer.test(irisClassifier(), irisData(), { ckptPath: "best" }))
+      assert.include(error.message, "fastDevRun")
+      assert.deepStrictEqual(Trainer.withFastDevRun({ fastDevRun: true }).limitTestBatches, 1)
+    }).pipe(Effect.provide(devices)))
+
+  it("CheckpointRetention: pure decisions, the next state only in the result", () => {
+    const policy = { mode: "min" as const, saveTopK: 2 }
+    const empty = CheckpointRetention.empty("min")
+    const a = CheckpointRetention.admit(policy, empty, "/a", 0.5)
+    const b = CheckpointRetention.admit(policy, a.state, "/b", 0.3)
+    assert.deepStrictEqual(b.rotatedOut, [])
+    assert.strictEqual(b.state.kthBestModelPath, "/a")
+    assert.isTrue(CheckpointRetention.wouldKeep(policy, b.state, 0.4))
+    assert.isFalse(CheckpointRetention.wouldKeep(policy, b.state, 0.5), "a tie never replaces")
+    assert.isFalse(CheckpointRetention.wouldKeep(policy, b.state, NaN))
+    assert.strictEqual(CheckpointRetention.replaced(policy, b.state), "/a")
+    const c = CheckpointRetention.admit(policy, b.state, "/c", 0.1)
+    assert.deepStrictEqual(c.rotatedOut, ["/a"])
+    assert.deepStrictEqual([...c.state.models.keys()], ["/b", "/c"])
+    assert.strictEqual(c.state.bestModelPath, "/c")
+    assert.deepStrictEqual([...b.state.models.keys()], ["/a", "/b"], "the input state is untouched")
+    const forgotten = CheckpointRetention.forget({ ...policy, monitored: true }, c.state, new Set(["/c"]))
+    assert.strictEqual(forgotten.bestModelPath, "/b")
+    assert.deepStrictEqual(CheckpointRetention.admitNewest({ mode: "min", saveTopK: 1 }, forgotten, "/d").rotatedOut, ["/b"])
+  })
 })

@@ -26,7 +26,7 @@ import { epochEnd, fakeTrainer } from "./support/fakeTrainer.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
-const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false, enableCheckpointing: false }
+const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false }
 
 /** Strategy, Device and the Node services: `Trainer.make` runs inside. */
 const devices = (strategy: Layer.Layer<Strategy.Strategy, unknown, Device.Device> = Strategy.singleDevice()) =>

@@ -279,7 +279,7 @@ describe("Trainer", () => {
       assert.deepStrictEqual(order.slice(0, 4), ["plain", "checkpoint", "plain", "checkpoint"])
       assert.strictEqual(custom.counts.save, 2)
       assert.deepStrictEqual((yield* trainer.checkpointIO.list("/ckpt")).map((e) => e.path), ["/ckpt/step=3.ckpt", "/ckpt/step=6.ckpt"])
-    }).pipe(Effect.provide(stack({ maxEpochs: 1, callbacks: [ckpt, plain], plugins: { checkpointIO: custom.layer } })))
+    }).pipe(Effect.provide(stack({ maxEpochs: 1, enableCheckpointing: true, callbacks: [ckpt, plain], plugins: { checkpointIO: custom.layer } })))
   })
 
   it.effect("saveCheckpoint round-trips weights and Adam's slots and step into a fresh model", () =>
