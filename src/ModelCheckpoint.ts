@@ -29,9 +29,11 @@
  * at any point leaves every checkpoint the newest `last.ckpt` tracks in storage. The
  * price on `AsyncCheckpointIO`: a save event that rotates a file out waits for its own
  * writes before training goes on (events that rotate nothing stay in the background).
- * `saveLast: "link"` also waits, since `copy` needs the source committed. A save
- * event that fails or is interrupted puts the bookkeeping back as it was before it
- * (see `saveErrors` for going on after a storage error).
+ * `saveLast: "link"` also waits, since `copy` needs the source committed. The
+ * keep/remove decisions are pure (`CheckpointRetention`) and a save event works on a
+ * draft of the bookkeeping, committed only when the event succeeds: one that fails or
+ * is interrupted leaves the committed bookkeeping as it was (see `saveErrors` for going
+ * on after a storage error). File names come from `CheckpointFilename`.
  *
  * Background failures (an asynchronous store): at the start of each save event the
  * callback takes the failed background saves (`checkpointIO.takeFailures`) and
