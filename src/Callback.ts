@@ -85,6 +85,8 @@ export interface TrainerState {
   readonly learningRates?: ReadonlyMap<string, number> | undefined
   /** Records a metric from a callback into `callbackMetrics` and `loggedMetrics` (Lightning's `pl_module.log`); set by the Trainer. */
   readonly log?: ((name: string, value: number) => void) | undefined
+  /** Batches per loop under `fastDevRun` (Lightning's `fast_dev_run`); 0 or absent: off. Checkpoint callbacks do not save then. */
+  readonly fastDevRun?: number | undefined
 }
 
 /** Outputs of a training step, as `onTrainBatchEnd` sees them. */

@@ -707,6 +707,17 @@ export const plan = (
 }
 
 /**
+ * The state keys of a checkpoint's callbacks that no callback of this Trainer has
+ * (Lightning warns about them on resume), in the file's order.
+ *
+ * @since 0.3.0
+ */
+export const unknownCallbackStates = (meta: CheckpointMeta, callbacks: ReadonlyArray<Callback.Callback>): Array<string> => {
+  const known = new Set(callbacks.filter((cb) => cb.stateDict !== undefined || cb.loadStateDict !== undefined).map(Callback.stateKeyOf))
+  return Object.keys(meta.callbacks).filter((key) => !known.has(key))
+}
+
+/**
  * Gives the saved states back to the stateful callbacks (`loadStateDict`) and the
  * module's own entries to `onLoadCheckpoint`. A throw in that user code is a
  * `CallbackError`, as is a failure of the hooks' effects.
@@ -721,6 +732,14 @@ export const restoreUserState: (
     readonly onLoadCheckpoint?: ((user: Readonly<Record<string, Json>>) => void) | undefined
   }
 ) => Effect.Effect<void, Callback.HookError> = Effect.fn("CheckpointConnector.restoreUserState")(function*(meta, callbacks, module) {
+  const unknown = unknownCallbackStates(meta, callbacks)
+  if (unknown.length > 0) {
+    // Lightning's warning: the state of these callbacks is in the file but goes nowhere.
+    yield* Effect.logWarning(
+      `Be aware that when using ckptPath, callbacks used to create the checkpoint need to be provided during Trainer ` +
+        `instantiation. Please add the following callbacks: [${unknown.map((k) => JSON.stringify(k)).join(", ")}].`
+    )
+  }
   for (const cb of callbacks) {
     const saved = meta.callbacks[Callback.stateKeyOf(cb)]
     const load = cb.loadStateDict
@@ -738,3 +757,96 @@ export const restoreUserState: (
     })
   }
 })
+
+// ---------------------------------------------------------------------------
+// Weights for inference (`loadFromCheckpoint`, `ckptPath` of validate / test / predict)
+
+/**
+ * The model tensors of a checkpoint do not match the model they are loaded into
+ * (Lightning's `load_state_dict` error): `missing` are weights of the model the
+ * checkpoint has no tensor for, `unexpected` tensors of the checkpoint the model has
+ * no weight for, `shapes` names present on both sides with other shapes.
+ *
+ * @since 0.3.0
+ */
+export class WeightsMismatch extends Data.TaggedError("WeightsMismatch")<{
+  readonly path: string
+  readonly missing: ReadonlyArray<string>
+  readonly unexpected: ReadonlyArray<string>
+  readonly shapes: ReadonlyArray<
+    { readonly name: string; readonly model: ReadonlyArray<number>; readonly checkpoint: ReadonlyArray<number> }
+  >
+}> {
+  override get message(): string {
+    const parts = [
+      this.missing.length > 0 ? `missing key(s): ${this.missing.join(", ")}` : undefined,
+      this.unexpected.length > 0 ? `unexpected key(s): ${this.unexpected.join(", ")}` : undefined,
+      ...this.shapes.map((s) => `${s.name}: the model has shape ${shapeText(s.model)}, the checkpoint ${shapeText(s.checkpoint)}`)
+    ].filter((p) => p !== undefined)
+    return `cannot load the weights of ${this.path}: ${parts.join("; ")}`
+  }
+}
+
+/**
+ * Which checkpoint tensor goes into which model weight. `assignments` index into the
+ * model's weights; `missing` / `unexpected` are what a non-strict load left out.
+ *
+ * @since 0.3.0
+ */
+export interface WeightsPlan {
+  readonly path: string
+  readonly assignments: ReadonlyArray<{ readonly index: number; readonly tensor: HostTensor }>
+  /** Weight names (`model/<variable>`) the checkpoint had no tensor for (non-strict only). */
+  readonly missing: ReadonlyArray<string>
+  /** Checkpoint tensor names the model had no weight for (non-strict only). */
+  readonly unexpected: ReadonlyArray<string>
+}
+
+/**
+ * Matches a checkpoint's model tensors (`model/<variable>`; optimizer and other
+ * tensors are ignored) to the weights of `model`, like `load_state_dict(strict)`:
+ *
+ * - every name matches: by name;
+ * - otherwise, when the counts and every shape agree in order: by order (tfjs names
+ *   unnamed layers with process-wide counters, so the same architecture built again
+ *   is `dense_Dense3` where the saved one was `dense_Dense1`);
+ * - otherwise `strict` (the default) fails with `WeightsMismatch` naming the missing
+ *   and unexpected tensors; non-strict loads the names that match (with equal
+ *   shapes; another shape is an error either way) and reports the rest.
+ *
+ * @since 0.3.0
+ */
+export const matchWeights = (
+  record: Checkpoint,
+  path: string,
+  model: ReadonlyArray<VariableSpec>,
+  options: { readonly strict?: boolean | undefined } = {}
+): Result.Result<WeightsPlan, WeightsMismatch> => {
+  const saved = Object.keys(record.tensors).filter((k) => k.startsWith(modelPrefix))
+  const wanted = model.map((w) => modelTensorName(w.name))
+  const byName = wanted.every((name) => record.tensors[name] !== undefined) && saved.length === wanted.length
+  if (!byName && saved.length === model.length && saved.every((k, i) => sameShape(record.tensors[k]!.shape, model[i]!.shape))) {
+    return Result.succeed({
+      path,
+      assignments: saved.map((k, i) => ({ index: i, tensor: record.tensors[k]! })),
+      missing: [],
+      unexpected: []
+    })
+  }
+  const wantedSet = new Set(wanted)
+  const missing = wanted.filter((name) => record.tensors[name] === undefined)
+  const unexpected = saved.filter((name) => !wantedSet.has(name))
+  const shapes: Array<{ name: string; model: ReadonlyArray<number>; checkpoint: ReadonlyArray<number> }> = []
+  const assignments: Array<{ index: number; tensor: HostTensor }> = []
+  wanted.forEach((name, index) => {
+    const tensor = record.tensors[name]
+    if (tensor === undefined) return
+    if (!sameShape(tensor.shape, model[index]!.shape)) shapes.push({ name, model: model[index]!.shape, checkpoint: tensor.shape })
+    else assignments.push({ index, tensor })
+  })
+  const strict = options.strict ?? true
+  if (shapes.length > 0 || (strict && (missing.length > 0 || unexpected.length > 0))) {
+    return Result.fail(new WeightsMismatch({ path, missing, unexpected, shapes }))
+  }
+  return Result.succeed({ path, assignments, missing, unexpected })
+}

@@ -29,9 +29,11 @@
  * at any point leaves every checkpoint the newest `last.ckpt` tracks in storage. The
  * price on `AsyncCheckpointIO`: a save event that rotates a file out waits for its own
  * writes before training goes on (events that rotate nothing stay in the background).
- * `saveLast: "link"` also waits, since `copy` needs the source committed. A save
- * event that fails or is interrupted puts the bookkeeping back as it was before it
- * (see `saveErrors` for going on after a storage error).
+ * `saveLast: "link"` also waits, since `copy` needs the source committed. The
+ * keep/remove decisions are pure (`CheckpointRetention`) and a save event works on a
+ * draft of the bookkeeping, committed only when the event succeeds: one that fails or
+ * is interrupted leaves the committed bookkeeping as it was (see `saveErrors` for going
+ * on after a storage error). File names come from `CheckpointFilename`.
  *
  * Background failures (an asynchronous store): at the start of each save event the
  * callback takes the failed background saves (`checkpointIO.takeFailures`) and
@@ -44,8 +46,10 @@
  *
  * When it saves (by default at the end of every training epoch):
  * - `everyNTrainSteps`, `everyNEpochs` and `trainTimeInterval` are mutually
- *   exclusive (a `ModelCheckpointConfigError` from `make`); `last.ckpt` is written at
- *   every epoch end (or validation end) whatever `everyNEpochs` says, as in Lightning;
+ *   exclusive (a `ModelCheckpointConfigError` from `make`); `last.ckpt` is written
+ *   with each save that is due, and at the end of training when no save wrote it at
+ *   the final step (Lightning 2.6); a step- or time-triggered save of a metric logged
+ *   in validation waits for the end of the next validation (Lightning 2.6's deferral);
  * - `saveOnTrainEpochEnd: true`: at the end of training epochs; `false`: at the end
  *   of each validation during fit; unset (the default): at the end of training
  *   epochs, except an epoch in which no validation ran while validations run in this
@@ -90,10 +94,11 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Data, Duration, Effect, Option } from "effect"
+import { Cause, Clock, Config, Data, Duration, Effect, Option } from "effect"
 import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
+import * as CheckpointRetention from "./CheckpointRetention.ts"
 import type { CheckpointMeta } from "./Checkpoint.ts"
 import { BackgroundSaveFailed, type CheckpointStorageError } from "./CheckpointIO.ts"
 
@@ -151,244 +156,29 @@ export interface Options {
    * again). Other errors (an invalid checkpoint, a missing monitored metric) always stop.
    */
   readonly saveErrors?: "stop" | "warn" | undefined
+  /** The last checkpoint's name, a template like `filename` (default `"last"`; Lightning's `CHECKPOINT_NAME_LAST`, e.g. `"last-{epoch}"`). */
+  readonly lastName?: string | undefined
+  /** The file extension, with its dot (default `".ckpt"`; Lightning's `FILE_EXTENSION`). */
+  readonly fileExtension?: string | undefined
+  /** Joins name parts: prefix, name, version (default `"-"`; Lightning's `CHECKPOINT_JOIN_CHAR`). */
+  readonly joinChar?: string | undefined
+  /** Between a metric's name and value with `autoInsertMetricName` (default `"="`; Lightning's `CHECKPOINT_EQUALS_CHAR`). */
+  readonly equalsChar?: string | undefined
+  /** The first version suffix (default 1: `-v1`; Lightning's `STARTING_VERSION`). */
+  readonly startingVersion?: number | undefined
 }
 
-// ---------------------------------------------------------------------------
-// File name templates
+import {
+  type FormatSpec,
+  lastNamePattern,
+  parseTemplate,
+  renderTemplate,
+  sanitizeFileName,
+  type Segment
+} from "./CheckpointFilename.ts"
 
-/** A parsed Python format spec (the subset that makes sense for numbers). */
-export interface FormatSpec {
-  readonly fill: string
-  readonly align: "<" | ">" | "=" | "^" | undefined
-  readonly sign: "+" | "-" | " " | undefined
-  readonly zeroNegative: boolean
-  readonly alternate: boolean
-  readonly zero: boolean
-  readonly width: number
-  readonly grouping: "," | "_" | undefined
-  readonly precision: number | undefined
-  readonly type: string | undefined
-}
-
-/** A piece of a parsed file name template. */
-export type Segment =
-  | { readonly _tag: "Literal"; readonly text: string }
-  | { readonly _tag: "Field"; readonly name: string; readonly spec: FormatSpec }
-
-const specPattern = /^(?:([\s\S])?([<>=^]))?([-+ ])?(z)?(#)?(0)?(\d+)?([,_])?(?:\.(\d+))?([bdeEfFgGnoxX%])?$/
-
-const parseSpec = (text: string): FormatSpec | undefined => {
-  const m = specPattern.exec(text)
-  if (m === null) return undefined
-  return {
-    fill: m[1] ?? " ",
-    align: m[2] as FormatSpec["align"],
-    sign: m[3] as FormatSpec["sign"],
-    zeroNegative: m[4] !== undefined,
-    alternate: m[5] !== undefined,
-    zero: m[6] !== undefined,
-    width: m[7] === undefined ? 0 : Number(m[7]),
-    grouping: m[8] as FormatSpec["grouping"],
-    precision: m[9] === undefined ? undefined : Number(m[9]),
-    type: m[10]
-  }
-}
-
-/**
- * Parses a file name template: literal text, `{{` / `}}` for braces, and fields
- * `{name}` or `{name:spec}`. Fails with the reason on malformed input.
- */
-export const parseTemplate = (template: string): Array<Segment> | string => {
-  const segments: Array<Segment> = []
-  let literal = ""
-  let i = 0
-  while (i < template.length) {
-    const ch = template[i]!
-    if (ch === "{" && template[i + 1] === "{") {
-      literal += "{"
-      i += 2
-    } else if (ch === "}" && template[i + 1] === "}") {
-      literal += "}"
-      i += 2
-    } else if (ch === "}") {
-      return `a single "}" at position ${i} (write "}}" for a brace)`
-    } else if (ch === "{") {
-      const end = template.indexOf("}", i + 1)
-      if (end === -1) return `the field at position ${i} has no closing "}"`
-      const body = template.slice(i + 1, end)
-      if (body.includes("{")) return `nested braces in the field "{${body}}"`
-      const colon = body.indexOf(":")
-      const name = colon === -1 ? body : body.slice(0, colon)
-      if (name.length === 0) return `an empty field name at position ${i}`
-      const spec = parseSpec(colon === -1 ? "" : body.slice(colon + 1))
-      if (spec === undefined) return `unsupported format spec in "{${body}}"`
-      if (literal.length > 0) segments.push({ _tag: "Literal", text: literal })
-      literal = ""
-      segments.push({ _tag: "Field", name, spec })
-      i = end + 1
-    } else {
-      literal += ch
-      i += 1
-    }
-  }
-  if (literal.length > 0) segments.push({ _tag: "Literal", text: literal })
-  return segments
-}
-
-const twoDigitExponent = (exponent: number) => `${exponent < 0 ? "-" : "+"}${String(Math.abs(exponent)).padStart(2, "0")}`
-
-/** `abs` in Python's exponent notation with `digits` after the point: `1.50e-07`. */
-const exponential = (abs: number, digits: number | undefined): string => {
-  const text = digits === undefined ? abs.toExponential() : abs.toExponential(digits)
-  const [mantissa, exponent] = text.split("e") as [string, string]
-  return `${mantissa}e${twoDigitExponent(Number(exponent))}`
-}
-
-/** Python's `repr` of a finite non-negative float: shortest digits, `1.0`, `1e-05`, `1e+16`. */
-const floatRepr = (abs: number): string => {
-  if (abs === 0) return "0.0"
-  const [mantissa, exponentText] = abs.toExponential().split("e") as [string, string]
-  const exponent = Number(exponentText)
-  if (exponent < -4 || exponent >= 16) return `${mantissa}e${twoDigitExponent(exponent)}`
-  const digits = mantissa.replace(".", "")
-  if (exponent >= 0) {
-    const whole = digits.slice(0, exponent + 1).padEnd(exponent + 1, "0")
-    return `${whole}.${digits.slice(exponent + 1) || "0"}`
-  }
-  return `0.${"0".repeat(-exponent - 1)}${digits}`
-}
-
-const stripZeros = (text: string): string => {
-  const [mantissa, exponent] = text.split("e") as [string, string | undefined]
-  const stripped = mantissa.includes(".") ? mantissa.replace(/0+$/, "").replace(/\.$/, "") : mantissa
-  return exponent === undefined ? stripped : `${stripped}e${exponent}`
-}
-
-/** Python's `g` format of a finite non-negative float. */
-const general = (abs: number, precision: number, alternate: boolean): { text: string; fixed: boolean } => {
-  const p = precision === 0 ? 1 : precision
-  const exponent = abs === 0 ? 0 : Number(abs.toExponential(p - 1).split("e")[1])
-  const fixed = exponent >= -4 && exponent < p
-  const text = fixed ? abs.toFixed(p - 1 - exponent) : exponential(abs, p - 1)
-  return { text: alternate ? text : stripZeros(text), fixed }
-}
-
-const group = (digits: string, separator: string): string => {
-  const dot = digits.search(/[.e%]/)
-  const whole = dot === -1 ? digits : digits.slice(0, dot)
-  if (!/^\d+$/.test(whole)) return digits
-  return whole.replace(/\B(?=(\d{3})+(?!\d))/g, separator) + (dot === -1 ? "" : digits.slice(dot))
-}
-
-/** Formats `value` with a Python format spec; `integer` says whether it is an int (epoch, step). */
-const formatValue = (value: number, integer: boolean, spec: FormatSpec): string => {
-  const type = spec.type
-  const upper = type === "E" || type === "F" || type === "G" || type === "X"
-  let negative = value < 0 || Object.is(value, -0)
-  const abs = Math.abs(value)
-  let body: string
-  if (Number.isNaN(value)) {
-    body = "nan"
-    negative = false
-  } else if (!Number.isFinite(value)) {
-    body = "inf"
-  } else {
-    switch (type) {
-      case "d":
-        body = String(Math.trunc(abs))
-        break
-      case "b":
-        body = Math.trunc(abs).toString(2)
-        break
-      case "o":
-        body = Math.trunc(abs).toString(8)
-        break
-      case "x":
-      case "X":
-        body = Math.trunc(abs).toString(16)
-        break
-      case "f":
-      case "F":
-        body = abs.toFixed(spec.precision ?? 6)
-        break
-      case "e":
-      case "E":
-        body = exponential(abs, spec.precision ?? 6)
-        break
-      case "%":
-        body = `${(abs * 100).toFixed(spec.precision ?? 6)}%`
-        break
-      case "g":
-      case "G":
-        body = general(abs, spec.precision ?? 6, spec.alternate).text
-        break
-      case "n":
-        body = integer ? String(abs) : general(abs, spec.precision ?? 6, spec.alternate).text
-        break
-      default: {
-        if (spec.precision !== undefined) {
-          const g = general(abs, spec.precision, spec.alternate)
-          body = g.fixed && !g.text.includes(".") && !integer ? `${g.text}.0` : g.text
-        } else {
-          body = integer && Number.isInteger(abs) ? String(abs) : floatRepr(abs)
-        }
-      }
-    }
-  }
-  if (upper) body = body.toUpperCase()
-  if (spec.grouping !== undefined) body = group(body, spec.grouping)
-  if (negative && spec.zeroNegative && /^[0.]+(e[+-]\d+)?%?$/i.test(body.replace(/[,_]/g, ""))) negative = false
-  const sign = negative ? "-" : spec.sign === "+" ? "+" : spec.sign === " " ? " " : ""
-  const align = spec.align ?? (spec.zero ? "=" : ">")
-  const fill = spec.align === undefined && spec.zero ? "0" : spec.fill
-  const pad = Math.max(0, spec.width - sign.length - body.length)
-  switch (align) {
-    case "<":
-      return sign + body + fill.repeat(pad)
-    case "^":
-      return fill.repeat(Math.floor(pad / 2)) + sign + body + fill.repeat(pad - Math.floor(pad / 2))
-    case "=":
-      return sign + fill.repeat(pad) + body
-    default:
-      return fill.repeat(pad) + sign + body
-  }
-}
-
-/**
- * Makes a rendered name a single, visible file name: path separators and control
- * characters become `_`, and so do leading dots. Whatever a template or a metric name
- * holds (`val/loss`, `..`, `/abs`), the result names a file directly inside `dirpath`.
- */
-export const sanitizeFileName = (name: string): string => {
-  const flat = name.replace(/[/\\\u0000-\u001f\u007f]/g, "_").replace(/^\.+/, (dots) => "_".repeat(dots.length))
-  return flat.length === 0 ? "_" : flat
-}
-
-/** Metrics that format as integers. */
-const integerFields = new Set(["epoch", "step"])
-
-/**
- * Renders a template with metric values, like Lightning's `_format_checkpoint_name`
- * (a missing metric renders as 0), then sanitises it (`sanitizeFileName`). No
- * extension, no directory.
- */
-export const renderTemplate = (
-  segments: ReadonlyArray<Segment>,
-  metrics: ReadonlyMap<string, number>,
-  autoInsertMetricName: boolean
-): string => {
-  let out = ""
-  for (const segment of segments) {
-    if (segment._tag === "Literal") {
-      out += segment.text
-      continue
-    }
-    const value = metrics.get(segment.name)
-    const integer = value === undefined || integerFields.has(segment.name)
-    out += (autoInsertMetricName ? `${segment.name}=` : "") + formatValue(value ?? 0, integer, segment.spec)
-  }
-  return sanitizeFileName(out)
-}
+// The file name templates live in CheckpointFilename (pure); re-exported here as before.
+export { type FormatSpec, parseTemplate, renderTemplate, sanitizeFileName, type Segment }
 
 // ---------------------------------------------------------------------------
 // State encoding (JSON has no Infinity or NaN)
@@ -417,8 +207,6 @@ const pyRepr = (value: string | number | undefined): string => {
 
 const baseName = (path: string): string => path.slice(Math.max(path.lastIndexOf("/"), path.lastIndexOf("\\")) + 1)
 
-const lastPattern = /^last(?:-v(\d+))?\.ckpt$/
-
 // ---------------------------------------------------------------------------
 // The callback
 
@@ -439,6 +227,13 @@ interface Resolved {
   readonly enableVersionCounter: boolean
   readonly verbose: boolean
   readonly saveErrors: "stop" | "warn"
+  readonly lastName: string
+  readonly fileExtension: string
+  readonly joinChar: string
+  readonly equalsChar: string
+  readonly startingVersion: number
+  /** Matches a last checkpoint's file name (any version) for discovery at setup. */
+  readonly lastPattern: RegExp
 }
 
 const normalizeDir = (dir: string): string => {
@@ -451,15 +246,11 @@ const joinPath = (dir: string, name: string): string => (dir.endsWith("/") ? `${
 /** Are two checkpoint paths the same (relative paths against the working directory)? */
 const samePath = (a: string, b: string): boolean => posix.resolve(a) === posix.resolve(b)
 
-/** What a failed or interrupted save event puts back. */
+/** What the callback keeps track of, committed once storage says a save event succeeded. */
 interface Bookkeeping {
-  readonly bestKModels: Map<string, Score>
-  readonly kthBestModelPath: string | undefined
-  readonly kthValue: Score
-  readonly bestModelPath: string | undefined
-  readonly bestModelScore: Score | undefined
-  readonly currentScore: Score | undefined
+  readonly topK: CheckpointRetention.TopK
   readonly lastModelPath: string | undefined
+  /** The newest checkpoint this callback wrote, and at which global step. */
   readonly newest: { readonly path: string; readonly step: number } | undefined
   readonly lastGlobalStepSaved: number
 }
@@ -483,25 +274,31 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   readonly #options: Resolved
 
   #dirpath: string | undefined
-  #bestKModels = new Map<string, Score>()
-  #kthBestModelPath: string | undefined = undefined
-  #kthValue: Score
-  #bestModelPath: string | undefined = undefined
-  #bestModelScore: Score | undefined = undefined
-  #currentScore: Score | undefined = undefined
-  #lastModelPath: string | undefined = undefined
+  /** The committed bookkeeping: only what storage said was saved. */
+  #committed: Bookkeeping
+  /**
+   * The bookkeeping of the save event under way: its saves record it (a checkpoint
+   * records itself); committed when the event succeeds, dropped when it fails.
+   */
+  #draft: Bookkeeping | undefined = undefined
   /** A last checkpoint found in `dirpath` at setup, offered for `ckptPath: "last"`. */
   #discoveredLast: string | undefined = undefined
-  /** The newest checkpoint this callback wrote, and at which global step. */
-  #newest: { readonly path: string; readonly step: number } | undefined = undefined
-  #lastGlobalStepSaved = 0
   /** The global step of the checkpoint this fit resumed from (set by `onLoadCheckpoint`). */
   #resumedStep: number | undefined = undefined
   #lastTimeChecked: number | undefined = undefined
   #validatedThisFit = false
+  /**
+   * A validation ran after the epoch's last batch (at its end). Lightning saves at
+   * validation ends when validation runs inside epochs, so an epoch end saves only
+   * after its own end-of-epoch validation (or when no validation runs in the fit).
+   */
   #validatedThisEpoch = false
   #pendingValidationSave = false
   #warnedMissingMonitor = false
+  /** A step- or time-triggered save waits for the end of the next validation (Lightning 2.6). */
+  #deferred = false
+  /** The monitored metric came from a validation (so a train-batch save would rank a stale value). */
+  #monitorFromValidation = false
   /** Top-k checkpoints rotated out at this save event: removed once `last` is written. */
   #rotatedOut: Array<{ readonly previous: string; readonly current: string }> = []
 
@@ -509,7 +306,23 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
     super()
     this.#options = options
     this.#dirpath = options.dirpath
-    this.#kthValue = options.mode === "min" ? Infinity : -Infinity
+    this.#committed = { topK: CheckpointRetention.empty(options.mode), lastModelPath: undefined, newest: undefined, lastGlobalStepSaved: 0 }
+  }
+
+  /** The bookkeeping in force: the event's draft while one runs. */
+  get #book(): Bookkeeping {
+    return this.#draft ?? this.#committed
+  }
+
+  /** Updates the bookkeeping in force (the draft while an event runs). */
+  #update(patch: Partial<Bookkeeping>): void {
+    const next = { ...this.#book, ...patch }
+    if (this.#draft !== undefined) this.#draft = next
+    else this.#committed = next
+  }
+
+  get #policy(): CheckpointRetention.Policy & { readonly monitored: boolean } {
+    return { mode: this.#options.mode, saveTopK: this.#options.saveTopK, monitored: this.#options.monitor !== undefined }
   }
 
   /** Checks the options and builds the callback. */
@@ -534,8 +347,9 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       if (options.trainTimeInterval !== undefined) {
         const duration = Duration.fromInput(options.trainTimeInterval)
         const ms = Option.isSome(duration) ? Duration.toMillis(duration.value) : NaN
-        if (!(ms > 0) || !Number.isFinite(ms)) {
-          return fail("trainTimeInterval", `must be a positive, finite duration, got ${String(options.trainTimeInterval)}`)
+        // Zero is accepted, as in Lightning: a save at every training batch.
+        if (!(ms >= 0) || !Number.isFinite(ms)) {
+          return fail("trainTimeInterval", `must be a non-negative, finite duration, got ${String(options.trainTimeInterval)}`)
         }
         trainTimeIntervalMs = ms
       }
@@ -557,19 +371,36 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         return fail("saveTopK", `${saveTopK} needs a monitor: without one there is no quantity to rank by (use -1, 0 or 1)`)
       }
       if (options.monitor !== undefined && options.monitor.length === 0) return fail("monitor", "must not be empty")
-      if (options.dirpath !== undefined && options.dirpath.length === 0) return fail("dirpath", "must not be empty")
       const saveErrors = options.saveErrors ?? "stop"
       if (saveErrors !== "stop" && saveErrors !== "warn") {
         return fail("saveErrors", `must be "stop" or "warn", got ${String(saveErrors)}`)
       }
+      const joinChar = options.joinChar ?? ModelCheckpoint.joinChar
+      const equalsChar = options.equalsChar ?? "="
+      const fileExtension = options.fileExtension ?? ModelCheckpoint.fileExtension
+      const startingVersion = options.startingVersion ?? ModelCheckpoint.startingVersion
+      const lastName = options.lastName ?? ModelCheckpoint.lastName
+      if (!Number.isInteger(startingVersion) || startingVersion < 0) {
+        return fail("startingVersion", `must be a non-negative integer, got ${startingVersion}`)
+      }
+      for (const [option, value] of [["joinChar", joinChar], ["equalsChar", equalsChar], ["fileExtension", fileExtension]] as const) {
+        if (/[/\\\u0000-\u001f]/.test(value)) {
+          return fail(option, `must not hold a path separator or a control character, got ${JSON.stringify(value)}`)
+        }
+      }
       const template = options.filename === undefined || options.filename.length === 0
-        ? "{epoch}" + ModelCheckpoint.joinChar + "{step}"
+        ? "{epoch}" + joinChar + "{step}"
         : options.filename
       const segments = parseTemplate(template)
       if (typeof segments === "string") return fail("filename", `${JSON.stringify(template)}: ${segments}`)
+      const lastSegments = parseTemplate(lastName)
+      if (typeof lastSegments === "string" || lastName.length === 0) {
+        return fail("lastName", `${JSON.stringify(lastName)}: ${typeof lastSegments === "string" ? lastSegments : "must not be empty"}`)
+      }
       return Effect.succeed(
         new ModelCheckpoint({
-          dirpath: options.dirpath === undefined ? undefined : normalizeDir(options.dirpath),
+          // Lightning: an empty dirpath is no dirpath (the default is decided at setup).
+          dirpath: options.dirpath === undefined || options.dirpath.length === 0 ? undefined : normalizeDir(options.dirpath),
           template: segments,
           monitor: options.monitor,
           mode,
@@ -584,7 +415,13 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
           saveOnException: options.saveOnException ?? false,
           enableVersionCounter: options.enableVersionCounter ?? true,
           verbose: options.verbose ?? false,
-          saveErrors
+          saveErrors,
+          lastName,
+          fileExtension,
+          joinChar,
+          equalsChar,
+          startingVersion,
+          lastPattern: lastNamePattern(lastSegments, joinChar, fileExtension)
         })
       )
     })
@@ -617,33 +454,33 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   }
   /** The best checkpoint kept (without monitor: the newest). */
   override get bestModelPath(): string | undefined {
-    return this.#bestModelPath
+    return this.#book.topK.bestModelPath
   }
   /** The monitored value of `bestModelPath` (NaN is stored as the worst value, ±Infinity). */
   get bestModelScore(): number | undefined {
-    return this.#bestModelScore
+    return this.#book.topK.bestModelScore
   }
   /** The checkpoints kept by the top-k rule, path → score, in the order they were added. */
   get bestKModels(): ReadonlyMap<string, number> {
-    return new Map(this.#bestKModels)
+    return new Map(this.#book.topK.models)
   }
   /** The worst of the kept top-k checkpoints (the next to go), once k are kept. */
   get kthBestModelPath(): string | undefined {
-    return this.#kthBestModelPath
+    return this.#book.topK.kthBestModelPath
   }
   get kthValue(): number {
-    return this.#kthValue
+    return this.#book.topK.kthValue
   }
   /** The monitored value of the latest top-k save. */
   get currentScore(): number | undefined {
-    return this.#currentScore
+    return this.#book.topK.currentScore
   }
   /**
    * The last checkpoint: the one this callback wrote, or else the newest
    * `last.ckpt` / `last-vN.ckpt` found in `dirpath` at `setup` (for `ckptPath: "last"`).
    */
   override get lastModelPath(): string | undefined {
-    return this.#lastModelPath ?? this.#discoveredLast
+    return this.#book.lastModelPath ?? this.#discoveredLast
   }
 
   /** Lightning's state key: the options that tell two checkpoint callbacks apart. */
@@ -667,10 +504,16 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const parsed = parseTemplate(options.filename)
       segments = typeof parsed === "string" ? [{ _tag: "Literal", text: options.filename }] : parsed
     }
-    let name = renderTemplate(segments, metrics, this.#options.autoInsertMetricName)
-    if (options?.prefix !== undefined) name = sanitizeFileName(options.prefix) + ModelCheckpoint.joinChar + name
-    if (options?.ver !== undefined) name = name + ModelCheckpoint.joinChar + `v${options.ver}`
-    const file = name + ModelCheckpoint.fileExtension
+    const { autoInsertMetricName, equalsChar, joinChar, fileExtension } = this.#options
+    let name = renderTemplate(segments, metrics, autoInsertMetricName, equalsChar)
+    if (options?.prefix !== undefined) {
+      // Lightning: a name that already starts with the prefix gets it once
+      // (`filename: "exception"` → `exception.ckpt`).
+      const prefix = sanitizeFileName(options.prefix)
+      if (name !== prefix && !name.startsWith(prefix + joinChar)) name = prefix + joinChar + name
+    }
+    if (options?.ver !== undefined) name = name + joinChar + `v${options.ver}`
+    const file = name + fileExtension
     return this.#dirpath === undefined ? file : joinPath(this.#dirpath, file)
   }
 
@@ -680,14 +523,14 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   readonly stateDict = (): Json => ({
     monitor: this.#options.monitor ?? null,
     mode: this.#options.mode,
-    bestModelScore: this.#bestModelScore === undefined ? null : encodeScore(this.#bestModelScore),
-    bestModelPath: this.#bestModelPath ?? null,
-    currentScore: this.#currentScore === undefined ? null : encodeScore(this.#currentScore),
+    bestModelScore: this.#book.topK.bestModelScore === undefined ? null : encodeScore(this.#book.topK.bestModelScore),
+    bestModelPath: this.#book.topK.bestModelPath ?? null,
+    currentScore: this.#book.topK.currentScore === undefined ? null : encodeScore(this.#book.topK.currentScore),
     dirpath: this.#dirpath ?? null,
-    bestKModels: Object.fromEntries([...this.#bestKModels].map(([path, score]) => [path, encodeScore(score)])),
-    kthBestModelPath: this.#kthBestModelPath ?? null,
-    kthValue: encodeScore(this.#kthValue),
-    lastModelPath: this.#lastModelPath ?? null
+    bestKModels: Object.fromEntries([...this.#book.topK.models].map(([path, score]) => [path, encodeScore(score)])),
+    kthBestModelPath: this.#book.topK.kthBestModelPath ?? null,
+    kthValue: encodeScore(this.#book.topK.kthValue),
+    lastModelPath: this.#book.lastModelPath ?? null
   })
 
   readonly loadStateDict = (state: Json): Effect.Effect<void, Callback.HookError> =>
@@ -700,27 +543,34 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const from = text("dirpath")
       const sameDir = from === undefined || this.#dirpath === undefined || samePath(from, this.#dirpath)
       const effects: Array<Effect.Effect<void>> = []
+      const topK = this.#book.topK
       if (sameDir) {
-        this.#bestModelScore = decodeScore(saved["bestModelScore"])
-        this.#currentScore = decodeScore(saved["currentScore"])
-        this.#kthBestModelPath = text("kthBestModelPath")
-        this.#kthValue = decodeScore(saved["kthValue"]) ?? this.#kthValue
-        const models = saved["bestKModels"]
-        this.#bestKModels = new Map()
-        if (typeof models === "object" && models !== null && !Array.isArray(models)) {
-          for (const [path, score] of Object.entries(models as { readonly [key: string]: Json })) {
+        const models = new Map<string, Score>()
+        const savedModels = saved["bestKModels"]
+        if (typeof savedModels === "object" && savedModels !== null && !Array.isArray(savedModels)) {
+          for (const [path, score] of Object.entries(savedModels as { readonly [key: string]: Json })) {
             const value = decodeScore(score)
-            if (value !== undefined) this.#bestKModels.set(path, value)
+            if (value !== undefined) models.set(path, value)
           }
         }
-        this.#lastModelPath = text("lastModelPath")
+        this.#update({
+          topK: {
+            models,
+            kthBestModelPath: text("kthBestModelPath"),
+            kthValue: decodeScore(saved["kthValue"]) ?? topK.kthValue,
+            bestModelPath: text("bestModelPath"),
+            bestModelScore: decodeScore(saved["bestModelScore"]),
+            currentScore: decodeScore(saved["currentScore"])
+          },
+          lastModelPath: text("lastModelPath")
+        })
       } else {
+        this.#update({ topK: { ...topK, bestModelPath: text("bestModelPath") } })
         effects.push(Effect.logWarning(
           `ModelCheckpoint: the dirpath has changed from ${from} to ${this.#dirpath}, so bestModelScore, kthBestModelPath, ` +
             `kthValue, lastModelPath and bestKModels are not restored; only bestModelPath is`
         ))
       }
-      this.#bestModelPath = text("bestModelPath")
       return Effect.all(effects, { discard: true })
     })
 
@@ -730,11 +580,23 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   readonly setup: Callback.Hook<[stage: Callback.Stage]> = (trainer, stage) =>
     Effect.gen({ self: this }, function*() {
       this.#dirpath = this.#options.dirpath ?? normalizeDir(joinPath(trainer.defaultRootDir, "checkpoints"))
+      if (this.#dirpath === "~" || this.#dirpath.startsWith("~/")) {
+        // Lightning expands the user's home (`os.path.expanduser`); HOME from the environment.
+        const home = yield* Effect.orElseSucceed(
+          Effect.gen(function*() {
+            return yield* Config.option(Config.String("HOME"))
+          }),
+          () => Option.none<string>()
+        )
+        if (Option.isSome(home)) this.#dirpath = normalizeDir(home.value + this.#dirpath.slice(1))
+      }
       if (stage !== "fit") return
+      this.#deferred = false
+      this.#monitorFromValidation = false
       this.#validatedThisFit = false
       this.#validatedThisEpoch = false
       this.#pendingValidationSave = false
-      this.#lastGlobalStepSaved = 0
+      this.#update({ lastGlobalStepSaved: 0 })
       this.#resumedStep = undefined
       // The Trainer resolves `ckptPath: "last"` after setup: offer the newest last
       // checkpoint in dirpath, so that a fresh callback can resume a previous run.
@@ -742,7 +604,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       let newest: { name: string; modifiedAt: number; version: number } | undefined
       for (const entry of entries) {
         const name = baseName(entry.path)
-        const match = lastPattern.exec(name)
+        const match = this.#options.lastPattern.exec(name)
         if (match === null) continue
         const version = match[1] === undefined ? 0 : Number(match[1])
         if (newest === undefined || entry.modifiedAt > newest.modifiedAt || (entry.modifiedAt === newest.modifiedAt && version > newest.version)) {
@@ -767,10 +629,11 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
 
   readonly onTrainBatchStart: Callback.Hook<[batchIdx: number]> = (trainer) =>
     Effect.suspend(() => {
+      this.#validatedThisEpoch = false
       // A validation inside the epoch (default mode): save now, in the state it left.
       if (!this.#pendingValidationSave) return Effect.void
       this.#pendingValidationSave = false
-      return this.#shouldSkip(trainer) ? Effect.void : this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none")
+      return this.#shouldSkip(trainer) || !this.#epochDue(trainer) ? Effect.void : this.#saveEvent(trainer, "topK")
     })
 
   readonly onTrainBatchEnd: Callback.Hook<[output: Callback.TrainStepOutput, batchIdx: number]> = (trainer) =>
@@ -786,6 +649,14 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       }
       if (skipBatch && skipTime) return
       if (!skipTime) this.#lastTimeChecked = now
+      const monitor = this.#options.monitor
+      if (monitor !== undefined && trainer.loggedMetrics.has(monitor)) this.#monitorFromValidation = false
+      // Lightning 2.6: a monitored metric logged in validation (or not logged yet) is
+      // ranked with its fresh value: the save waits for the end of the next validation.
+      if (monitor !== undefined && (this.#monitorFromValidation || !trainer.callbackMetrics.has(monitor))) {
+        this.#deferred = true
+        return
+      }
       yield* this.#saveEvent(trainer, "topK")
     })
 
@@ -795,7 +666,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       if (this.#shouldSkip(trainer)) return Effect.void
       const when = this.#options.saveOnTrainEpochEnd
       const save = when === true || (when === undefined && (this.#validatedThisEpoch || !this.#validatedThisFit))
-      return save ? this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none") : Effect.void
+      // Lightning 2.6: the last checkpoint too is written only when a save is due here.
+      return save && this.#epochDue(trainer) ? this.#saveEvent(trainer, "topK") : Effect.void
     })
 
   readonly onValidationEnd: Callback.Hook = (trainer) =>
@@ -803,10 +675,32 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       if (trainer.stage !== "fit" || trainer.sanityChecking) return Effect.void
       this.#validatedThisFit = true
       this.#validatedThisEpoch = true
+      const monitor = this.#options.monitor
+      if (monitor !== undefined && trainer.loggedMetrics.has(monitor)) this.#monitorFromValidation = true
+      if (this.#deferred) {
+        this.#deferred = false
+        if (!this.#shouldSkip(trainer)) return this.#saveEvent(trainer, "topK")
+      }
       const when = this.#options.saveOnTrainEpochEnd
       if (when === undefined) this.#pendingValidationSave = true
-      if (when !== false || this.#shouldSkip(trainer)) return Effect.void
-      return this.#saveEvent(trainer, this.#epochDue(trainer) ? "topK" : "none")
+      if (when !== false || this.#shouldSkip(trainer) || !this.#epochDue(trainer)) return Effect.void
+      return this.#saveEvent(trainer, "topK")
+    })
+
+  /**
+   * Lightning 2.6: `last.ckpt` is brought up to date at the end of training when no
+   * save event wrote it at the final step (with `everyNEpochs: 0`, or saves at
+   * validation ends and no validation, `last` is written here once). A save still
+   * deferred to a validation that never came happens here too.
+   */
+  readonly onTrainEnd: Callback.Hook = (trainer) =>
+    Effect.suspend(() => {
+      if (this.#shouldSkip(trainer) || trainer.globalStep === 0) return Effect.void
+      if (this.#deferred) {
+        this.#deferred = false
+        return this.#saveEvent(trainer, "topK")
+      }
+      return this.#options.saveLast === false ? Effect.void : this.#saveEvent(trainer, "none")
     })
 
   /** The fit's pending saves are waited for here, and a background failure handled by `saveErrors`. */
@@ -815,7 +709,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   readonly onLoadCheckpoint: Callback.Hook<[meta: CheckpointMeta]> = (_trainer, meta) =>
     Effect.sync(() => {
       // The state resumed from is already saved: nothing to save again at this step.
-      this.#lastGlobalStepSaved = meta.globalStep
+      this.#update({ lastGlobalStepSaved: meta.globalStep })
       this.#resumedStep = meta.globalStep
     })
 
@@ -827,7 +721,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   readonly onException: Callback.Hook<[cause: unknown]> = (trainer, cause) => {
     if (!this.#options.saveOnException) return Effect.void
     return Effect.suspend(() => {
-      if (trainer.stage !== "fit" || trainer.sanityChecking || trainer.globalStep === this.#lastGlobalStepSaved) {
+      if (trainer.stage !== "fit" || trainer.sanityChecking || trainer.globalStep === this.#book.lastGlobalStepSaved) {
         return Effect.void
       }
       const candidates = this.#monitorCandidates(trainer)
@@ -852,7 +746,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   // Saving and retention
 
   #shouldSkip(trainer: Callback.TrainerState): boolean {
-    return trainer.stage !== "fit" || trainer.sanityChecking || trainer.globalStep === this.#lastGlobalStepSaved
+    return (trainer.fastDevRun ?? 0) > 0 || trainer.stage !== "fit" || trainer.sanityChecking || trainer.globalStep === this.#book.lastGlobalStepSaved
   }
 
   #epochDue(trainer: Callback.TrainerState): boolean {
@@ -892,7 +786,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       this.#dir(trainer)
       let path = this.formatCheckpointName(candidates, options)
       if (!this.#options.enableVersionCounter) return path
-      let version = ModelCheckpoint.startingVersion
+      let version = this.#options.startingVersion
       while (path !== replacing && (yield* trainer.checkpointIO.exists(path)) && !(yield* this.#isOwnLeftover(trainer, path))) {
         path = this.formatCheckpointName(candidates, { ...options, ver: version })
         version++
@@ -915,7 +809,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const resumed = this.#resumedStep
       if (resumed === undefined || trainer.resumedFrom === undefined || samePath(path, trainer.resumedFrom)) return false
       if (this.#dirpath === undefined || posix.dirname(posix.resolve(path)) !== posix.resolve(this.#dirpath)) return false
-      for (const tracked of [this.#bestModelPath, this.#lastModelPath, this.#newest?.path, ...this.#bestKModels.keys()]) {
+      for (const tracked of [this.#book.topK.bestModelPath, this.#book.lastModelPath, this.#book.newest?.path, ...this.#book.topK.models.keys()]) {
         if (tracked !== undefined && samePath(path, tracked)) return false
       }
       const checkpoint = yield* trainer.checkpointIO.load(path, { weightsOnly: true })
@@ -935,8 +829,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   #save(trainer: Callback.TrainerState, path: string): Effect.Effect<void, Callback.HookError> {
     return Effect.gen({ self: this }, function*() {
       yield* trainer.saveCheckpoint(path, { weightsOnly: this.#options.saveWeightsOnly })
-      this.#lastGlobalStepSaved = trainer.globalStep
-      this.#newest = { path, step: trainer.globalStep }
+      this.#update({ lastGlobalStepSaved: trainer.globalStep, newest: { path, step: trainer.globalStep } })
     })
   }
 
@@ -953,11 +846,11 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
     const event = Effect.gen({ self: this }, function*() {
       this.#dir(trainer)
       const candidates = this.#monitorCandidates(trainer)
-      const previousLast = this.#lastModelPath
+      const previousLast = this.#book.lastModelPath
       let lastPath: string | undefined
       if (this.#options.saveLast !== false) {
-        lastPath = yield* this.#freePath(trainer, candidates, { filename: ModelCheckpoint.lastName }, previousLast)
-        this.#lastModelPath = lastPath
+        lastPath = yield* this.#freePath(trainer, candidates, { filename: this.#options.lastName }, previousLast)
+        this.#update({ lastModelPath: lastPath })
       }
       this.#rotatedOut = []
       if (main !== undefined) yield* main(trainer)
@@ -975,11 +868,27 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       for (const { current, previous } of rotated) yield* this.#removeRotated(trainer, previous, current)
     })
     return Effect.suspend(() => {
-      // The bookkeeping is updated before each save (a checkpoint records itself); a
-      // failed or interrupted event puts it back, so that no later save (the one
-      // `onException` makes, say) records a checkpoint that is not in storage.
-      const before = this.#bookkeeping()
-      const guarded = event.pipe(Effect.onError(() => Effect.sync(() => this.#restore(before))))
+      // The event works on a draft of the bookkeeping (each save records it: a
+      // checkpoint records itself), committed when the event succeeds and dropped when
+      // it fails or is interrupted, so that no later save (the one `onException` makes,
+      // say) records a checkpoint that is not in storage.
+      const guarded = Effect.suspend(() => {
+        this.#draft = this.#committed
+        return event
+      }).pipe(
+        Effect.tap(() =>
+          Effect.sync(() => {
+            if (this.#draft !== undefined) this.#committed = this.#draft
+            this.#draft = undefined
+          })
+        ),
+        Effect.onError(() =>
+          Effect.sync(() => {
+            this.#draft = undefined
+            this.#rotatedOut = []
+          })
+        )
+      )
       const own = this.#options.saveErrors === "stop" ? guarded : guarded.pipe(
         Effect.catchIf(
           (error): error is CheckpointStorageError | BackgroundSaveFailed =>
@@ -1031,34 +940,6 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
     )
   }
 
-  /** The bookkeeping a failed save event puts back. */
-  #bookkeeping(): Bookkeeping {
-    return {
-      bestKModels: new Map(this.#bestKModels),
-      kthBestModelPath: this.#kthBestModelPath,
-      kthValue: this.#kthValue,
-      bestModelPath: this.#bestModelPath,
-      bestModelScore: this.#bestModelScore,
-      currentScore: this.#currentScore,
-      lastModelPath: this.#lastModelPath,
-      newest: this.#newest,
-      lastGlobalStepSaved: this.#lastGlobalStepSaved
-    }
-  }
-
-  #restore(state: Bookkeeping): void {
-    this.#bestKModels = state.bestKModels
-    this.#kthBestModelPath = state.kthBestModelPath
-    this.#kthValue = state.kthValue
-    this.#bestModelPath = state.bestModelPath
-    this.#bestModelScore = state.bestModelScore
-    this.#currentScore = state.currentScore
-    this.#lastModelPath = state.lastModelPath
-    this.#newest = state.newest
-    this.#lastGlobalStepSaved = state.lastGlobalStepSaved
-    this.#rotatedOut = []
-  }
-
   /**
    * Stops tracking checkpoints that are not in storage (an earlier background save
    * that failed), so that rotation, `bestModelPath` and `lastModelPath` only ever name
@@ -1067,7 +948,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   #forgetMissing(trainer: Callback.TrainerState): Effect.Effect<void> {
     return Effect.gen({ self: this }, function*() {
       const missing = new Set<string>()
-      const tracked = [...this.#bestKModels.keys(), this.#bestModelPath, this.#lastModelPath, this.#newest?.path]
+      const book = this.#book
+      const tracked = [...book.topK.models.keys(), book.topK.bestModelPath, book.lastModelPath, book.newest?.path]
       for (const path of tracked) {
         if (path === undefined || missing.has(path)) continue
         // A store that cannot say (an I/O error) keeps the file tracked: forgetting a
@@ -1080,23 +962,11 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         if (!present) missing.add(path)
       }
       if (missing.size === 0) return
-      for (const path of missing) this.#bestKModels.delete(path)
-      if (this.#lastModelPath !== undefined && missing.has(this.#lastModelPath)) this.#lastModelPath = undefined
-      if (this.#newest !== undefined && missing.has(this.#newest.path)) this.#newest = undefined
-      if (this.#options.monitor === undefined) {
-        if (this.#bestModelPath !== undefined && missing.has(this.#bestModelPath)) this.#bestModelPath = undefined
-        return
-      }
-      let best: string | undefined
-      let worst: string | undefined
-      for (const [p, v] of this.#bestKModels) {
-        if (best === undefined || this.#isBetter(v, this.#bestKModels.get(best)!)) best = p
-        if (worst === undefined || this.#isBetter(this.#bestKModels.get(worst)!, v)) worst = p
-      }
-      this.#bestModelPath = best
-      this.#bestModelScore = best === undefined ? undefined : this.#bestKModels.get(best)
-      this.#kthBestModelPath = worst
-      this.#kthValue = worst === undefined ? (this.#options.mode === "min" ? Infinity : -Infinity) : this.#bestKModels.get(worst)!
+      this.#update({
+        topK: CheckpointRetention.forget(this.#policy, this.#book.topK, missing),
+        lastModelPath: book.lastModelPath !== undefined && missing.has(book.lastModelPath) ? undefined : book.lastModelPath,
+        newest: book.newest !== undefined && missing.has(book.newest.path) ? undefined : book.newest
+      })
     })
   }
 
@@ -1115,7 +985,7 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         this.#warnedMissingMonitor = true
         return
       }
-      if (!this.#checkMonitorTopK(current)) {
+      if (!CheckpointRetention.wouldKeep(this.#policy, this.#book.topK, current)) {
         if (this.#options.verbose) {
           yield* Effect.logInfo(
             `Epoch ${candidates.get("epoch")}, global step ${candidates.get("step")}: '${monitor}' was not in top ${saveTopK}`
@@ -1127,82 +997,54 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
     })
   }
 
-  #isBetter(a: number, b: number): boolean {
-    return this.#options.mode === "min" ? a < b : a > b
-  }
-
-  #checkMonitorTopK(current: number): boolean {
-    const k = this.#options.saveTopK
-    if (k === -1 || this.#bestKModels.size < k) return true
-    const kth = this.#kthBestModelPath === undefined ? undefined : this.#bestKModels.get(this.#kthBestModelPath)
-    // NaN never enters a full top-k (a comparison with NaN is false).
-    return kth === undefined || this.#isBetter(current, kth)
-  }
-
   #updateBestAndSave(
     trainer: Callback.TrainerState,
     value: number,
     candidates: ReadonlyMap<string, number>
   ): Effect.Effect<void, Callback.HookError> {
     return Effect.gen({ self: this }, function*() {
-      const models = this.#bestKModels
-      const k = this.#options.saveTopK === -1 ? models.size + 1 : this.#options.saveTopK
-      let rotated: string | undefined
-      if (models.size === k && k > 0 && this.#kthBestModelPath !== undefined) {
-        rotated = this.#kthBestModelPath
-        models.delete(rotated)
-      }
-      // NaN is kept as the worst value.
-      const current = Number.isNaN(value) ? (this.#options.mode === "min" ? Infinity : -Infinity) : value
-      const path = yield* this.#freePath(trainer, candidates, {}, rotated)
-      this.#currentScore = current
-      // An existing key keeps its place (Python's dict assignment).
-      models.set(path, current)
-      if (models.size === k) {
-        // The worst kept (the first of equals, like Python's max/min over a dict).
-        let worst: string | undefined
-        for (const [p, s] of models) if (worst === undefined || this.#isBetter(models.get(worst)!, s)) worst = p
-        this.#kthBestModelPath = worst
-        this.#kthValue = models.get(worst!)!
-      }
-      let best: string | undefined
-      for (const [p, s] of models) if (best === undefined || this.#isBetter(s, models.get(best)!)) best = p
-      this.#bestModelPath = best
-      this.#bestModelScore = best === undefined ? undefined : models.get(best)
+      // The decision is pure; it is in force (recorded by the save) only in the draft,
+      // committed with the event.
+      const replacing = CheckpointRetention.replaced(this.#policy, this.#book.topK)
+      const path = yield* this.#freePath(trainer, candidates, {}, replacing)
+      const decision = CheckpointRetention.admit(this.#policy, this.#book.topK, path, value)
+      this.#update({ topK: decision.state })
+      const topK = decision.state
       if (this.#options.verbose) {
+        const k = this.#options.saveTopK === -1 ? topK.models.size : this.#options.saveTopK
         yield* Effect.logInfo(
           `Epoch ${candidates.get("epoch")}, global step ${candidates.get("step")}: '${this.#options.monitor}' reached ` +
-            `${current.toFixed(5)} (best ${this.#bestModelScore?.toFixed(5)}), saving model to '${path}' as top ${k}`
+            `${topK.currentScore?.toFixed(5)} (best ${topK.bestModelScore?.toFixed(5)}), saving model to '${path}' as top ${k}`
         )
       }
       yield* this.#save(trainer, path)
-      if (rotated !== undefined) this.#rotatedOut.push({ previous: rotated, current: path })
+      for (const previous of decision.rotatedOut) this.#rotatedOut.push({ previous, current: path })
     })
   }
 
   #saveNoMonitor(trainer: Callback.TrainerState, candidates: ReadonlyMap<string, number>): Effect.Effect<void, Callback.HookError> {
     return Effect.gen({ self: this }, function*() {
-      const previous = this.#bestModelPath
-      const path = yield* this.#freePath(trainer, candidates, {}, previous)
-      this.#bestModelPath = path
+      const path = yield* this.#freePath(trainer, candidates, {}, this.#book.topK.bestModelPath)
+      const decision = CheckpointRetention.admitNewest(this.#policy, this.#book.topK, path)
+      this.#update({ topK: decision.state })
       if (this.#options.verbose) {
         yield* Effect.logInfo(`Epoch ${candidates.get("epoch")}, global step ${candidates.get("step")}: saving model to '${path}'`)
       }
       yield* this.#save(trainer, path)
-      if (this.#options.saveTopK === 1 && previous !== undefined) this.#rotatedOut.push({ previous, current: path })
+      for (const previous of decision.rotatedOut) this.#rotatedOut.push({ previous, current: path })
     })
   }
 
   #writeLast(trainer: Callback.TrainerState, path: string, previous: string | undefined): Effect.Effect<void, Callback.HookError> {
     return Effect.gen({ self: this }, function*() {
-      const source = this.#newest
+      const source = this.#book.newest
       // Link only to a checkpoint of this very step: never a stale target.
       if (
         this.#options.saveLast === "link" && this.#options.saveTopK !== 0 && source !== undefined &&
         source.step === trainer.globalStep && source.path !== path
       ) {
         yield* trainer.checkpointIO.copy(source.path, path)
-        this.#newest = { path, step: trainer.globalStep }
+        this.#update({ newest: { path, step: trainer.globalStep } })
         if (this.#options.verbose) yield* Effect.logInfo(`ModelCheckpoint: linked ${path} to ${source.path}`)
       } else {
         yield* this.#save(trainer, path)
@@ -1221,8 +1063,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
     // Only files directly inside dirpath: never another run's directory.
     if (this.#dirpath === undefined || posix.dirname(posix.resolve(previous)) !== posix.resolve(this.#dirpath)) return false
     // Never the newest checkpoint, nor one still tracked.
-    if (this.#newest !== undefined && samePath(previous, this.#newest.path)) return false
-    for (const tracked of [this.#bestModelPath, this.#lastModelPath, ...this.#bestKModels.keys()]) {
+    if (this.#book.newest !== undefined && samePath(previous, this.#book.newest.path)) return false
+    for (const tracked of [this.#book.topK.bestModelPath, this.#book.lastModelPath, ...this.#book.topK.models.keys()]) {
       if (tracked !== undefined && samePath(previous, tracked)) return false
     }
     return true

@@ -38,6 +38,7 @@ import type { DeviceError } from "./Device.ts"
 import * as GradientAccumulation from "./GradientAccumulation.ts"
 import * as LRScheduler from "./LRScheduler.ts"
 import * as ModelSummary from "./ModelSummary.ts"
+import * as ModelCheckpoint from "./ModelCheckpoint.ts"
 import * as ProgressBar from "./ProgressBar.ts"
 import * as Random from "./Random.ts"
 import { type RestoreError, type StepError, Strategy, type StrategyShape } from "./Strategy.ts"
@@ -61,6 +62,7 @@ export type TrainerError =
   | DeviceError
   | Callback.HookError
   | LRScheduler.LRSchedulerError
+  | CheckpointConnector.WeightsMismatch
 
 /** Options of the Trainer, with Lightning's names in camelCase. */
 export interface TrainerOptions<E = never, R = never> {
@@ -114,6 +116,19 @@ export interface TrainerOptions<E = never, R = never> {
   readonly callbacks?: ReadonlyArray<Callback.Callback> | undefined
   /** The progress bar callback (default true). */
   readonly enableProgressBar?: boolean | undefined
+  /**
+   * A default `ModelCheckpoint` (default true, Lightning's `enable_checkpointing`):
+   * when no checkpoint callback is given, one with default options saves to
+   * `<defaultRootDir>/checkpoints` at every epoch end. False: none.
+   */
+  readonly enableCheckpointing?: boolean | undefined
+  /**
+   * Lightning's `fast_dev_run`: `true` (1) or `n` runs n batches of train, validation,
+   * test and predict (one epoch, no sanity check) to find bugs fast, with no side
+   * effects: no CSV logger, and checkpoint callbacks do not save (`fastDevRun` in the
+   * state). Default false.
+   */
+  readonly fastDevRun?: boolean | number | undefined
   /** The CSV metrics logger callback (default true). */
   readonly logger?: boolean | undefined
   /**
@@ -138,6 +153,21 @@ export interface FitOptions {
   readonly ckptPath?: string | undefined
 }
 
+/**
+ * Options of `validate`, `test` and `predict`.
+ *
+ * @since 0.3.0
+ */
+export interface EvaluateOptions {
+  /**
+   * The weights to evaluate: a checkpoint path, `"best"` (the first checkpoint
+   * callback's best; an error when there is none) or `"last"` (a warning and the
+   * current weights when there is none). Only the model's weights are loaded, matched
+   * strictly (`CheckpointConnector.matchWeights`). Unset: the module's current weights.
+   */
+  readonly ckptPath?: string | undefined
+}
+
 /** The Trainer service's operations and live state. */
 export interface TrainerShape {
   readonly fit: <B, M extends tf.LayersModel>(
@@ -148,23 +178,31 @@ export interface TrainerShape {
   /** Runs the validation loop; returns its metrics. */
   readonly validate: <B, M extends tf.LayersModel>(
     module: TrainingModule<B, M>,
-    data: DataModule<B>
+    data: DataModule<B>,
+    options?: EvaluateOptions
   ) => Effect.Effect<ReadonlyMap<string, number>, TrainerError>
   /** Runs the test loop; returns its metrics. */
   readonly test: <B, M extends tf.LayersModel>(
     module: TrainingModule<B, M>,
-    data: DataModule<B>
+    data: DataModule<B>,
+    options?: EvaluateOptions
   ) => Effect.Effect<ReadonlyMap<string, number>, TrainerError>
   /** Runs `predictStep` over the predict batches; returns host copies of the outputs. */
   readonly predict: <B, M extends tf.LayersModel>(
     module: TrainingModule<B, M>,
-    data: DataModule<B>
+    data: DataModule<B>,
+    options?: EvaluateOptions
   ) => Effect.Effect<ReadonlyArray<HostTensor>, TrainerError>
   /** Saves the current state (of the module trained last) through `checkpointIO`. */
   readonly saveCheckpoint: (path: string, options?: Callback.SaveCheckpointOptions) => Effect.Effect<void, TrainerError>
   /** The state callbacks see (epoch, step, metrics, …), live. */
   readonly state: Callback.TrainerState
   readonly checkpointIO: CheckpointIOShape
+  /**
+   * The strategy, with `checkpointIO` the store in use (Lightning's
+   * `trainer.strategy.checkpoint_io`: the plugin when one was given). The `Strategy`
+   * service in context keeps its own (`undefined` when it has none).
+   */
   readonly strategy: StrategyShape
   /** All callbacks in run order (checkpoint callbacks last). */
   readonly callbacks: ReadonlyArray<Callback.Callback>
@@ -178,13 +216,28 @@ export class Trainer extends Context.Service<Trainer, TrainerShape>()("effect-tr
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
-/** A batch limit: integer ≥ 1 → count, (0, 1) → fraction of `total`, undefined → all. */
+/**
+ * A batch limit: integer ≥ 1 → count, (0, 1) → fraction of `total`, 0 → none (the
+ * loop is disabled, Lightning's `limit_*_batches=0`), undefined → all.
+ */
 export const resolveLimit = (limit: number | undefined, total: number | undefined): number => {
   if (limit === undefined) return total ?? Infinity
+  if (limit <= 0) return 0
   if (limit >= 1) return Math.floor(limit)
   if (total === undefined) return Infinity
   return Math.max(1, Math.floor(total * limit))
 }
+
+/**
+ * Whether validation runs after the train batch that brought the epoch to
+ * `batchesDone` batches (Lightning's `_should_check_val_fx`): only when `batchesDone`
+ * is a multiple of the validation interval in batches (`floor(numTrainBatches × f)`
+ * for a fraction `f`). The epoch's last batch is not special: 64 batches with `1/3`
+ * validate after batches 21, 42 and 63, three times. An interval of `Infinity` (a
+ * fraction of an epoch of unknown length) never matches here; that validation runs
+ * once the epoch's batches run out.
+ */
+export const isValCheckBatch = (batchesDone: number, valEvery: number): boolean => Number.isFinite(valEvery) && batchesDone % valEvery === 0
 
 interface Accumulator {
   sum: number
@@ -225,6 +278,57 @@ interface Built<M extends tf.LayersModel> {
 }
 
 const toJson = (value: unknown): Json => JSON.parse(JSON.stringify(value ?? null)) as Json
+
+/**
+ * Lightning's rule for `ckptPath: "best"`, as a pure decision: the best checkpoint of
+ * the first checkpoint callback (with a warning when there are several), or a
+ * `TrainerConfigError` when there is no checkpoint callback or it has no best
+ * checkpoint (`saveTopK: 0`, nothing saved yet, a new process).
+ */
+export const resolveBest = (
+  fn: string,
+  bestPaths: ReadonlyArray<string | undefined>
+): Result.Result<{ readonly path: string; readonly warning: string | undefined }, TrainerConfigError> => {
+  if (bestPaths.length === 0) {
+    return Result.fail(new TrainerConfigError({ reason: `.${fn}(ckptPath: "best") is set but ModelCheckpoint is not configured` }))
+  }
+  const path = bestPaths[0]
+  if (path === undefined) {
+    return Result.fail(
+      new TrainerConfigError({
+        reason: `.${fn}(ckptPath: "best") is set but ModelCheckpoint is not configured to save the best model (or has not saved one yet)`
+      })
+    )
+  }
+  const warning = bestPaths.length > 1
+    ? `.${fn}(ckptPath: "best") is called with Trainer configured with multiple ModelCheckpoint callbacks. ` +
+      `It will use the best checkpoint path from the first checkpoint callback: ${path}`
+    : undefined
+  return Result.succeed({ path, warning })
+}
+
+/**
+ * The options `fastDevRun` stands for (Lightning's): `n` batches of every loop, one
+ * epoch, at most `n` steps, no sanity check, validation at the epoch's end, no logger.
+ * Options without `fastDevRun` come back as they are.
+ */
+export const withFastDevRun = <E, R>(options: TrainerOptions<E, R>): TrainerOptions<E, R> => {
+  const n = options.fastDevRun === true ? 1 : options.fastDevRun === false ? 0 : options.fastDevRun ?? 0
+  if (n === 0 || !Number.isInteger(n) || n < 0) return options
+  return {
+    ...options,
+    limitTrainBatches: n,
+    limitValBatches: n,
+    limitTestBatches: n,
+    limitPredictBatches: n,
+    maxEpochs: 1,
+    maxSteps: n,
+    numSanityValSteps: 0,
+    valCheckInterval: 1,
+    checkValEveryNEpoch: 1,
+    logger: false
+  }
+}
 
 /** Where the store of a run comes from, in order of precedence. */
 export type CheckpointIOSource = "plugins" | "strategy" | "context" | "default"
@@ -306,9 +410,10 @@ const chooseCheckpointIO = <E, R>(strategy: StrategyShape, plugin: Layer.Layer<C
 
 /** Builds the Trainer on the `Strategy` in context. */
 export const make = <E = never, R = never>(
-  options: TrainerOptions<E, R> = {}
+  given: TrainerOptions<E, R> = {}
 ): Effect.Effect<TrainerShape, TrainerConfigError | E, Strategy | R | FileSystem.FileSystem | Path.Path | import("effect").Scope.Scope> =>
   Effect.gen(function*() {
+    const options = withFastDevRun(given)
     const strategy = yield* Strategy
     const device = strategy.device
     const tfjs = device.tf
@@ -340,10 +445,23 @@ export const make = <E = never, R = never>(
     if (options.maxTime !== undefined && maxTimeMs === undefined) {
       return yield* new TrainerConfigError({ reason: `maxTime is not a duration: ${String(options.maxTime)}` })
     }
+    const fast = options.fastDevRun === true ? 1 : options.fastDevRun === false ? 0 : options.fastDevRun ?? 0
+    if (!Number.isInteger(fast) || fast < 0) {
+      return yield* new TrainerConfigError({ reason: `fastDevRun must be a boolean or a non-negative integer, got ${fast}` })
+    }
     const builtIn: Array<Callback.Callback> = []
     if (options.enableProgressBar !== false) builtIn.push(ProgressBar.make())
     if (options.logger !== false) builtIn.push(yield* CsvLogger.make())
-    const callbacks = Callback.ordered([...builtIn, ...(options.callbacks ?? [])])
+    const userCallbacks = options.callbacks ?? []
+    if (options.enableCheckpointing === false && userCallbacks.some(Callback.isCheckpoint)) {
+      return yield* new TrainerConfigError({
+        reason: "the Trainer was configured with enableCheckpointing: false but found a checkpoint callback in callbacks"
+      })
+    }
+    if (options.enableCheckpointing !== false && !userCallbacks.some(Callback.isCheckpoint)) {
+      builtIn.push(yield* Effect.orDie(ModelCheckpoint.make())) // default options cannot be refused
+    }
+    const callbacks = Callback.ordered([...builtIn, ...userCallbacks])
     const checkpointCallbacks = callbacks.filter(Callback.isCheckpoint)
     const keys = new Set<string>()
     for (const cb of callbacks) {
@@ -442,7 +560,8 @@ export const make = <E = never, R = never>(
       log: (name, value) => {
         loop.callbackMetrics.set(name, value)
         loop.pendingLogged.set(name, value)
-      }
+      },
+      fastDevRun: fast
     }
 
     type HookName = {
@@ -570,17 +689,37 @@ export const make = <E = never, R = never>(
         yield* checkpointIO.save(record, path, { snapshot: "transfer" })
       }).pipe(Effect.withSpan("Trainer.saveCheckpoint", { attributes: { path } }))
 
-    const resolveCkptPath = (ckptPath: string) =>
+    /**
+     * `ckptPath` as Lightning 2.6 resolves it (`_parse_ckpt_path`): `"best"` with no
+     * checkpoint callback, or none that has a best checkpoint, is an error; with several
+     * callbacks the first one's, with a warning. `"last"` with nothing saved is a
+     * warning with a hint, and nothing is loaded.
+     */
+    const resolveCkptPath = (ckptPath: string, fn: string = "fit") =>
       Effect.gen(function*() {
         if (ckptPath !== "last" && ckptPath !== "best") return Option.some(ckptPath)
+        if (ckptPath === "best" && fast > 0) {
+          return yield* new TrainerConfigError({
+            reason: `you cannot execute .${fn}(ckptPath: "best") with fastDevRun: no checkpoint was saved; pass an exact checkpoint path`
+          })
+        }
+        if (ckptPath === "best") {
+          const decided = resolveBest(fn, checkpointCallbacks.map((cb) => cb.bestModelPath))
+          if (Result.isFailure(decided)) return yield* decided.failure
+          if (decided.success.warning !== undefined) yield* Effect.logWarning(decided.success.warning)
+          return Option.some(decided.success.path)
+        }
         const candidates = checkpointCallbacks
-          .map((cb) => (ckptPath === "last" ? cb.lastModelPath : cb.bestModelPath))
+          .map((cb) => cb.lastModelPath)
           .filter((p): p is string => p !== undefined)
         if (candidates.length === 0) {
-          yield* Effect.logWarning(`ckptPath "${ckptPath}": no checkpoint callback has one; training from scratch`)
+          yield* Effect.logWarning(
+            `.${fn}(ckptPath: "last") is set, but there is no last checkpoint available. No checkpoint will be loaded. ` +
+              `HINT: Set ModelCheckpoint.make({ ..., saveLast: true }).`
+          )
           return Option.none<string>()
         }
-        if (ckptPath === "best" || candidates.length === 1) return Option.some(candidates[0]!)
+        if (candidates.length === 1) return Option.some(candidates[0]!)
         // The newest of the callbacks' last checkpoints.
         const times = yield* Effect.forEach(candidates, (p) =>
           Effect.map(checkpointIO.list(p.slice(0, Math.max(0, p.lastIndexOf("/"))) || "."), (entries) =>
@@ -724,8 +863,9 @@ export const make = <E = never, R = never>(
         return means
       })
 
+    // `limitValBatches: 0` disables validation: no hooks run either (Lightning's rule).
     const runValidation = <B, M extends tf.LayersModel>(module: TrainingModule<B, M>, model: M, data: DataModule<B>) =>
-      data.val === undefined || module.validationStep === undefined
+      data.val === undefined || module.validationStep === undefined || resolveLimit(options.limitValBatches, data.numValBatches) === 0
         ? Effect.succeed(new Map<string, number>())
         : evaluate("validation", module, model, data.val(), resolveLimit(options.limitValBatches, data.numValBatches))
 
@@ -790,7 +930,7 @@ export const make = <E = never, R = never>(
         loop.accumulated = GradientAccumulation.dispose(tfjs, loop.accumulated)
         yield* call("setup", "fit")
         if (fitOptions?.ckptPath !== undefined) {
-          const path = yield* resolveCkptPath(fitOptions.ckptPath)
+          const path = yield* resolveCkptPath(fitOptions.ckptPath, "fit")
           if (Option.isSome(path)) yield* restoreFrom(path.value, module, target, fitOptions.ckptPath === "last", data.numTrainBatches)
         }
         if (options.enableModelSummary !== false) {
@@ -798,15 +938,17 @@ export const make = <E = never, R = never>(
         }
         yield* call("onFitStart")
         const sanitySteps = options.numSanityValSteps ?? 2
-        if (sanitySteps > 0 && loop.resumedFrom === undefined && data.val !== undefined && module.validationStep !== undefined) {
+        const sanityLimit = Math.min(sanitySteps, resolveLimit(options.limitValBatches, data.numValBatches))
+        if (sanityLimit > 0 && loop.resumedFrom === undefined && data.val !== undefined && module.validationStep !== undefined) {
           loop.sanityChecking = true
           yield* call("onSanityCheckStart")
-          yield* evaluate("validation", module, model, data.val(), Math.min(sanitySteps, resolveLimit(options.limitValBatches, data.numValBatches)))
+          yield* evaluate("validation", module, model, data.val(), sanityLimit)
           yield* call("onSanityCheckEnd")
           loop.sanityChecking = false
         }
         yield* call("onTrainStart")
-        while (!(yield* stopping(loop.epoch)) && loop.epoch < maxEpochs && (maxSteps === -1 || loop.globalStep < maxSteps)) {
+        // `limitTrainBatches: 0` disables training (Lightning's rule): no epoch runs.
+        while (trainLimit > 0 && !(yield* stopping(loop.epoch)) && loop.epoch < maxEpochs && (maxSteps === -1 || loop.globalStep < maxSteps)) {
           const metrics = new Metrics(true)
           const ctx = stepContext(metrics)
           const startBatch = loop.resumeBatch
@@ -859,7 +1001,7 @@ export const make = <E = never, R = never>(
                   // Lightning's Timer checks at the end of every batch.
                   yield* checkTime
                   index++
-                  if (validateThisEpoch && (index % valEvery === 0 || last)) {
+                  if (validateThisEpoch && isValCheckBatch(index, valEvery)) {
                     if (last) validatedAtEnd = true
                     yield* runValidation(module, model, data)
                   }
@@ -872,7 +1014,7 @@ export const make = <E = never, R = never>(
           // The end-of-epoch validation when the batches did not say where the end was:
           // an epoch of unknown length, or a resume from a checkpoint taken after the
           // epoch's last batch (the validation came after that save).
-          const resumedAtEnd = startBatch > 0 && startBatch >= perEpoch
+          const resumedAtEnd = startBatch > 0 && startBatch >= perEpoch && isValCheckBatch(perEpoch, valEvery)
           if (validateThisEpoch && !validatedAtEnd && (!Number.isFinite(perEpoch) || resumedAtEnd)) {
             yield* runValidation(module, model, data)
           }
@@ -940,25 +1082,47 @@ export const make = <E = never, R = never>(
       )
     })
 
-    const evaluateStage = (kind: "validate" | "test") => <B, M extends tf.LayersModel>(module: TrainingModule<B, M>, data: DataModule<B>) =>
+    /** Loads the weights of `ckptPath` into the module's model (validate / test / predict). */
+    const loadEvalWeights = (fn: string, model: tf.LayersModel, ckptPath: string | undefined) =>
       Effect.gen(function*() {
-        loop.stage = kind
-        const { model } = yield* ensureBuilt(module)
-        yield* call("setup", kind)
-        const stream = kind === "validate" ? data.val : data.test
-        if (stream === undefined) return yield* new TrainerConfigError({ reason: `${kind} needs DataModule.${kind === "validate" ? "val" : "test"}` })
-        const limit = kind === "validate"
-          ? resolveLimit(options.limitValBatches, data.numValBatches)
-          : resolveLimit(options.limitTestBatches, data.numTestBatches)
-        return yield* evaluate(kind === "validate" ? "validation" : "test", module, model, stream(), limit).pipe(
-          Effect.ensuring(call("teardown", kind).pipe(Effect.catchCause((c) => Effect.logError(`teardown: ${Cause.pretty(c)}`))))
-        )
-      }).pipe(Effect.withSpan(`Trainer.${kind}`))
+        if (ckptPath === undefined) return
+        const path = yield* resolveCkptPath(ckptPath, fn)
+        if (Option.isNone(path)) return
+        const record = yield* checkpointIO.load(path.value, { dtypes: "tfjs" })
+        const described = yield* strategy.describe(model, undefined)
+        const matched = CheckpointConnector.matchWeights(record, path.value, described.model, { strict: true })
+        if (Result.isFailure(matched)) return yield* matched.failure
+        yield* strategy.restore(model, undefined, { path: path.value, model: matched.success.assignments.map((a) => a.tensor) })
+        yield* Effect.logInfo(`Trainer: ${fn} with the weights of ${path.value}`)
+      })
 
-    const predict: TrainerShape["predict"] = (module, data) =>
+    const evaluateStage =
+      (kind: "validate" | "test") =>
+      <B, M extends tf.LayersModel>(module: TrainingModule<B, M>, data: DataModule<B>, evalOptions?: EvaluateOptions) =>
+        Effect.gen(function*() {
+          loop.stage = kind
+          const { model } = yield* ensureBuilt(module)
+          yield* loadEvalWeights(kind, model, evalOptions?.ckptPath)
+          yield* call("setup", kind)
+          const stream = kind === "validate" ? data.val : data.test
+          if (stream === undefined) {
+            return yield* new TrainerConfigError({ reason: `${kind} needs DataModule.${kind === "validate" ? "val" : "test"}` })
+          }
+          const limit = kind === "validate"
+            ? resolveLimit(options.limitValBatches, data.numValBatches)
+            : resolveLimit(options.limitTestBatches, data.numTestBatches)
+          // A limit of 0 disables the loop (Lightning's rule): no batches, no hooks.
+          if (limit === 0) return new Map<string, number>()
+          return yield* evaluate(kind === "validate" ? "validation" : "test", module, model, stream(), limit).pipe(
+            Effect.ensuring(call("teardown", kind).pipe(Effect.catchCause((c) => Effect.logError(`teardown: ${Cause.pretty(c)}`))))
+          )
+        }).pipe(Effect.withSpan(`Trainer.${kind}`))
+
+    const predict: TrainerShape["predict"] = (module, data, evalOptions) =>
       Effect.gen(function*() {
         loop.stage = "predict"
         const { model } = yield* ensureBuilt(module)
+        yield* loadEvalWeights("predict", model, evalOptions?.ckptPath)
         if (data.predict === undefined || module.predictStep === undefined) {
           return yield* new TrainerConfigError({ reason: "predict needs DataModule.predict and TrainingModule.predictStep" })
         }
@@ -966,6 +1130,7 @@ export const make = <E = never, R = never>(
         const ctx = stepContext(new Metrics(false))
         const limit = resolveLimit(options.limitPredictBatches, undefined)
         const outputs: Array<HostTensor> = []
+        if (limit === 0) return outputs
         yield* call("onPredictStart")
         let index = 0
         yield* Stream.runForEachWhile(data.predict(), (batch) =>
@@ -990,7 +1155,8 @@ export const make = <E = never, R = never>(
       saveCheckpoint: (path, saveOptions) => saveCheckpoint(path, saveOptions),
       state,
       checkpointIO,
-      strategy,
+      // Lightning's `trainer.strategy.checkpoint_io` is the store in use.
+      strategy: { ...strategy, checkpointIO },
       callbacks,
       checkpointCallbacks,
       model: (module) => Option.map(Option.fromNullishOr(built.get(module)), (b) => b.model as never)

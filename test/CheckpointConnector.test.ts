@@ -215,7 +215,7 @@ describe("CheckpointConnector (pure: names, loop state, validation)", () => {
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 const devices = Strategy.singleDevice().pipe(Layer.provideMerge(Device.layer("wasm")), Layer.provideMerge(node))
-const quiet = { enableProgressBar: false, logger: false, numSanityValSteps: 0 } as const
+const quiet = { enableProgressBar: false, logger: false, enableCheckpointing: false, numSanityValSteps: 0 } as const
 
 describe("CheckpointConnector with the Strategy and the Trainer", () => {
   it.effect("issue 12.1: 2,501 dense layers with Adam (10,005 slots) restore bit-identically", () =>
@@ -350,6 +350,7 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
           const checkpoint = yield* ModelCheckpoint.make({ dirpath: dir, monitor: "loss", saveTopK: 3, saveLast: true })
           const trainer = yield* Trainer.make({
             ...quiet,
+            enableCheckpointing: true,
             maxEpochs,
             seed: 3,
             defaultRootDir: root,

@@ -15,7 +15,7 @@ import * as Trainer from "../src/Trainer.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 import { countingIO } from "./support/countingIO.ts"
 
-const quiet = { enableProgressBar: false, logger: false, maxEpochs: 1, numSanityValSteps: 0 } as const
+const quiet = { enableProgressBar: false, logger: false, enableCheckpointing: false, maxEpochs: 1, numSanityValSteps: 0 } as const
 
 /** The warnings a program logs. */
 const capture = () => {

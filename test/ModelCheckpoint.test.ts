@@ -79,7 +79,7 @@ describe("ModelCheckpoint", () => {
           [{ saveTopK: 1.5, monitor: "x" }, "saveTopK"],
           [{ mode: "up" as "min" }, "mode"],
           [{ everyNEpochs: -1 }, "everyNEpochs"],
-          [{ trainTimeInterval: 0 }, "trainTimeInterval"],
+          [{ trainTimeInterval: -1 }, "trainTimeInterval"],
           [{ filename: "{epoch" }, "filename"],
           [{ filename: "{val_loss:q}" }, "filename"],
           [{ saveLast: "symlink" as "link" }, "saveLast"]
@@ -322,7 +322,7 @@ describe("ModelCheckpoint", () => {
         assert.isTrue(Exit.isSuccess(fresh.exit))
         assert.strictEqual(fresh.trainer.state.resumedFrom, undefined)
         assert.strictEqual(fresh.trainer.state.globalStep, 6)
-        assert.isTrue(logs.some((l) => l.startsWith("Warn") && l.includes("ckptPath \"last\"")), logs.join("\n"))
+        assert.isTrue(logs.some((l) => l.startsWith("Warn") && l.includes("ckptPath: \"last\"") && l.includes("HINT")), logs.join("\n"))
 
         // A missing explicit path is a typed error.
         const missing = yield* fit(1, "/r", "/r/checkpoints/nope.ckpt")

@@ -17,7 +17,7 @@ import { countingIO } from "./support/countingIO.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
-const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false }
+const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false, enableCheckpointing: false }
 
 const stack = (
   options: Trainer.TrainerOptions<never, never> = {},
@@ -72,7 +72,8 @@ describe("Trainer", () => {
       const fs = yield* FileSystem.FileSystem
       const root = yield* fs.makeTempDirectoryScoped({ prefix: "trainer-logs-" })
       const trainer = yield* Trainer.make({ maxEpochs: 2, defaultRootDir: root, numSanityValSteps: 0 })
-      assert.deepStrictEqual(trainer.callbacks.map((c) => c.name), ["ProgressBar", "CsvLogger"])
+      // And a default ModelCheckpoint (issue 13.7), last: checkpoint callbacks run after the others.
+      assert.deepStrictEqual(trainer.callbacks.map((c) => c.name), ["ProgressBar", "CsvLogger", "ModelCheckpoint"])
       yield* trainer.fit(irisClassifier(), irisData())
       const csv = yield* fs.readFileString(`${root}/logs/version_0/metrics.csv`)
       const [header, ...rows] = csv.trim().split("\n")
@@ -279,7 +280,7 @@ describe("Trainer", () => {
       assert.deepStrictEqual(order.slice(0, 4), ["plain", "checkpoint", "plain", "checkpoint"])
       assert.strictEqual(custom.counts.save, 2)
       assert.deepStrictEqual((yield* trainer.checkpointIO.list("/ckpt")).map((e) => e.path), ["/ckpt/step=3.ckpt", "/ckpt/step=6.ckpt"])
-    }).pipe(Effect.provide(stack({ maxEpochs: 1, callbacks: [ckpt, plain], plugins: { checkpointIO: custom.layer } })))
+    }).pipe(Effect.provide(stack({ maxEpochs: 1, enableCheckpointing: true, callbacks: [ckpt, plain], plugins: { checkpointIO: custom.layer } })))
   })
 
   it.effect("saveCheckpoint round-trips weights and Adam's slots and step into a fresh model", () =>

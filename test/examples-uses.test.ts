@@ -65,6 +65,22 @@ const load = (file: string): Promise<Checkpoint> =>
 const metaOf = (checkpoint: Checkpoint) => Option.getOrThrow(checkpoint.meta)
 
 describe("examples of each use", () => {
+  it("evaluate-best: test with ckptPath \"best\", then loadFromCheckpoint (strict and non-strict)", () => {
+    const root = tempDir("evaluate")
+    try {
+      const out = example("evaluate-best.ts", ["--root", root, "--max-epochs", "3"])
+      const best = field(out, "best: ").split(" ")[0]!
+      assert.match(best, /^epoch=\d-step=\d+\.ckpt$/)
+      assert.include(fs.readdirSync(path.join(root, "checkpoints")), best)
+      assert.isAbove(Number(field(out, "test_acc of the best checkpoint: ")), 0.5)
+      assert.strictEqual(field(out, "loadFromCheckpoint gives the tested weights: "), "true")
+      assert.match(field(out, "strict: "), /^WeightsMismatch: .*missing key\(s\): model\/head\/kernel, model\/head\/bias/)
+      assert.strictEqual(field(out, "non-strict missing: "), "model/head/kernel, model/head/bias")
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true })
+    }
+  })
+
   it("custom-io-trainer: every storage call of the Trainer and ModelCheckpoint goes through the custom IO", async () => {
     const root = tempDir("trainer")
     try {
