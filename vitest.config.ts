@@ -13,6 +13,7 @@ const conditions = ["@effect-trainer/source"]
 const slow = [
   "test/bench-suite.test.ts",
   "test/bench.test.ts",
+  "test/cli.test.ts",
   "test/examples-sighup.test.ts",
   "test/reliability/crash.test.ts",
   "test/reliability/interrupt.test.ts",

@@ -14,6 +14,9 @@
  * When new metrics appear (validation metrics after the first validation), the file
  * gets the union of the columns and earlier rows get empty cells, like Lightning.
  *
+ * At the end of fit it also draws the curves (`Plot`) into `metrics.svg` beside the
+ * file (best effort: a plot that cannot be written is a warning).
+ *
  * Rows are buffered in memory and written every `flushEvery` rows, on `onFitEnd`,
  * `teardown` and `onException`, so logging a step costs no I/O. A flush appends the
  * new rows (and fsyncs), so the bytes written over a run are the size of the file.
@@ -33,6 +36,7 @@
 import { Effect, Exit, FileSystem, Option, Path, type PlatformError } from "effect"
 import { type Callback, CallbackError, type TrainerState } from "./Callback.ts"
 import { storageReason } from "./CheckpointIO.ts"
+import * as Plot from "./Plot.ts"
 
 /** Options of the CSV metrics logger. */
 export interface Options {
@@ -238,8 +242,21 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
       ? flush(trainer).pipe(Effect.catch((error) => Effect.logWarning(`${callbackName}: ${error.message}`)))
       : flush(trainer)
 
-  const logRow = (trainer: TrainerState) =>
-    Effect.suspend(() => addRow(trainer) && pending >= flushEvery ? flush(trainer) : Effect.void)
+  /**
+   * The picture of the run (`Plot`), next to the metrics: best effort, so a plot that
+   * cannot be written costs a warning, never the fit.
+   */
+  const writePlot = Effect.suspend(() => {
+    if (directory === undefined || body.length === 0) return Effect.void
+    const header = ["epoch", "step", ...columns].map(csvField).join(",") + "\n"
+    const file = path.join(directory, Plot.svgFileName)
+    const title = `${name}/${path.basename(directory)}`
+    return replaceFile(file, Plot.fromCsv(header + body, { title })).pipe(
+      Effect.catch((error) => Effect.logWarning(`${callbackName}: ${error.message}`))
+    )
+  })
+
+  const logRow = (trainer: TrainerState) => Effect.suspend(() => addRow(trainer) && pending >= flushEvery ? flush(trainer) : Effect.void)
 
   const logger: CsvLogger = {
     name: callbackName,
@@ -252,7 +269,7 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
     onTrainEpochEnd: logRow,
     onValidationEpochEnd: (trainer) => trainer.sanityChecking ? Effect.void : logRow(trainer),
     onTestEpochEnd: logRow,
-    onFitEnd: flush,
+    onFitEnd: (trainer) => Effect.andThen(flush(trainer), writePlot),
     teardown: flushAtEnd,
     onException: (trainer) =>
       Effect.suspend(() => {

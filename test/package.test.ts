@@ -13,6 +13,7 @@ const pkg = JSON.parse(readFileSync(path.join(repo, "package.json"), "utf8")) as
   peerDependencies: Record<string, string>
   dependencies?: Record<string, string>
   files: ReadonlyArray<string>
+  bin?: Record<string, string>
 }
 const modules = readdirSync(path.join(repo, "src"))
   .filter((f) => f.endsWith(".ts") && f !== "index.ts")
@@ -35,7 +36,9 @@ describe("package.json", () => {
 
   it("the index re-exports every module but the testing ones", () => {
     const index = readFileSync(path.join(repo, "src", "index.ts"), "utf8")
-    for (const m of modules.filter((m) => m !== "version")) assert.include(index, `from "./${m}.ts"`, m)
+    // cli is the bin (and the helpers of scripts' main): importing it from the index would pull in the Node runtime.
+    for (const m of modules.filter((m) => m !== "version" && m !== "cli")) assert.include(index, `from "./${m}.ts"`, m)
+    assert.notInclude(index, "./cli.ts")
   })
 
   it("effect, platform-node and tfjs are peers, never bundled dependencies", () => {
@@ -43,5 +46,10 @@ describe("package.json", () => {
       assert.match(pkg.peerDependencies[name] ?? "", /^\^/, name)
       assert.isUndefined(pkg.dependencies?.[name], name)
     }
+  })
+
+  it("issue 15: ships the effect-trainer command, built from src/cli.ts, which starts with a shebang", () => {
+    assert.deepStrictEqual(pkg.bin, { "effect-trainer": "./dist/cli.js" })
+    assert.isTrue(readFileSync(path.join(repo, "src", "cli.ts"), "utf8").startsWith("#!/usr/bin/env node\n"))
   })
 })
