@@ -71,9 +71,12 @@ const callbackName = "CsvLogger"
 /** A failed file operation as a `CallbackError`: what failed, on which path, and why. */
 const failure = (what: string, path: string) => (error: PlatformError.PlatformError): CallbackError => {
   const kind = storageReason(error)
+  const cause = error.reason.cause
+  const code = typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
+  const why = [kind === "Other" ? undefined : kind, code].filter((w) => w !== undefined).join(", ")
   return new CallbackError({
     callback: callbackName,
-    reason: `${what} ${path}${kind === "Other" ? "" : ` (${kind})`}: ${error.message}`,
+    reason: `${what} ${path}${why === "" ? "" : ` (${why})`}: ${error.message}`,
     cause: error
   })
 }
@@ -113,10 +116,26 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
   /** The run failed: later flushes are best effort, so they never hide that failure. */
   let crashed = false
 
+  /**
+   * Creates `dir` and its missing parents one level at a time: Node's recursive mkdir
+   * reports ENOENT for a read-only file system and loops forever under /proc.
+   */
+  const makeDirectories = (dir: string): Effect.Effect<void, PlatformError.PlatformError> =>
+    Effect.gen(function*() {
+      const missing: Array<string> = []
+      for (let d = dir; !(yield* fs.exists(d)); d = path.dirname(d)) {
+        missing.push(d)
+        if (path.dirname(d) === d) break
+      }
+      for (const d of missing.reverse()) {
+        yield* fs.makeDirectory(d).pipe(Effect.catchIf((error) => error.reason._tag === "AlreadyExists", () => Effect.void))
+      }
+    })
+
   /** Creates `root/version_<n>` for the first free `n`; mkdir is the claim. */
   const claimNextVersion = (root: string) =>
     Effect.gen(function*() {
-      yield* fs.makeDirectory(root, { recursive: true }).pipe(Effect.mapError(failure("cannot create log directory", root)))
+      yield* makeDirectories(root).pipe(Effect.mapError(failure("cannot create log directory", root)))
       const names = yield* fs.readDirectory(root).pipe(Effect.mapError(failure("cannot read log directory", root)))
       let next = 0
       for (const entry of names) {
@@ -141,9 +160,7 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
   const useVersion = (root: string, version: number) =>
     Effect.gen(function*() {
       const candidate = path.join(root, `version_${version}`)
-      yield* fs.makeDirectory(candidate, { recursive: true }).pipe(
-        Effect.mapError(failure("cannot create log directory", candidate))
-      )
+      yield* makeDirectories(candidate).pipe(Effect.mapError(failure("cannot create log directory", candidate)))
       const file = path.join(candidate, metricsFileName)
       if (yield* fs.exists(file).pipe(Effect.orElseSucceed(() => false))) {
         yield* Effect.logWarning(`${callbackName}: ${file} exists and will be replaced`)
