@@ -15,6 +15,7 @@ const slow = [
   "test/bench.test.ts",
   "test/cli.test.ts",
   "test/examples-sighup.test.ts",
+  "test/examples-terminal.test.ts",
   "test/reliability/crash.test.ts",
   "test/reliability/interrupt.test.ts",
   "test/reliability/retention.test.ts"

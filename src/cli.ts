@@ -291,7 +291,7 @@ const verify = Command.make("verify", {
     const root = path.resolve(target)
     const files = yield* checkpointFiles(root)
     if (files.length === 0) {
-      return yield* new CommandFailed({ message: `error: no checkpoint (.ckpt, .safetensors) under ${root}`, code: 1 })
+      return yield* new CommandFailed({ message: `no checkpoint (.ckpt, .safetensors) under ${root}`, code: 1 })
     }
     let bad = 0
     for (const file of files) {
