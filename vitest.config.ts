@@ -14,7 +14,9 @@ const slow = [
   "test/bench-suite.test.ts",
   "test/bench.test.ts",
   "test/S3CheckpointIO.test.ts",
+  "test/cli.test.ts",
   "test/examples-sighup.test.ts",
+  "test/examples-terminal.test.ts",
   "test/reliability/crash.test.ts",
   "test/reliability/interrupt.test.ts",
   "test/reliability/retention.test.ts"

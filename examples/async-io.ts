@@ -15,13 +15,13 @@
  *
  *   node examples/async-io.ts [--root <dir>]
  */
-import { NodeRuntime } from "@effect/platform-node"
 import { Clock, Effect, Layer, Option } from "effect"
 import { AsyncCheckpointIO, Checkpoint, CheckpointIO, MemoryCheckpointIO } from "effect-trainer"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
+import { runMain } from "effect-trainer/cli"
 
 const { values } = parseArgs({ options: { root: { type: "string" } } })
 const root = path.resolve(values.root ?? fs.mkdtempSync(path.join(os.tmpdir(), "effect-trainer-async-io-")))
@@ -134,4 +134,4 @@ const main = Effect.gen(function*() {
   console.log(`files: ${root}`)
 })
 
-NodeRuntime.runMain(main)
+runMain(main)

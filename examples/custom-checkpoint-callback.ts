@@ -13,7 +13,7 @@
  *
  * The backend comes from EFFECT_TRAINER_BACKEND (auto, wasm, cpu, tensorflow).
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import { Callback, Device, ModelCheckpoint, Strategy, Trainer } from "effect-trainer"
 import { iris, irisData } from "./iris.ts"
@@ -21,6 +21,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
+import { runMain } from "effect-trainer/cli"
 
 const { values } = parseArgs({ options: { root: { type: "string" } } })
 const root = path.resolve(values.root ?? fs.mkdtempSync(path.join(os.tmpdir(), "effect-trainer-callback-")))
@@ -140,4 +141,4 @@ const layers = Strategy.singleDevice().pipe(
   Layer.provideMerge(NodeServices.layer)
 )
 
-NodeRuntime.runMain(program.pipe(Effect.provide(layers)))
+runMain(program.pipe(Effect.provide(layers)))

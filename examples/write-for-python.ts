@@ -9,11 +9,11 @@
  * It prints the values it wrote (`expected: {json}`), the first 8 of each tensor, as
  * numbers, so that the reader's output can be checked against them.
  */
-import { NodeRuntime } from "@effect/platform-node"
 import { Effect } from "effect"
 import { Checkpoint, CheckpointIO, FileCheckpointIO } from "effect-trainer"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
+import { runMain } from "effect-trainer/cli"
 
 const { values } = parseArgs({ options: { out: { type: "string", default: "runs/for-python.ckpt" } } })
 const out = path.resolve(values.out)
@@ -61,4 +61,4 @@ const program = Effect.gen(function*() {
   console.log(`expected: ${JSON.stringify({ tensors: expected, epoch: 3, globalStep: 42 })}`)
 })
 
-NodeRuntime.runMain(program.pipe(Effect.provide(FileCheckpointIO.layerNode)))
+runMain(program.pipe(Effect.provide(FileCheckpointIO.layerNode)))

@@ -7,7 +7,8 @@
  *    flag but `skipLibCheck`, which tfjs's own typings need);
  * 3. the README's program (extracted from README.md) runs with plain `node` on the
  *    compiled JavaScript, type stripping off: nothing of the package is TypeScript;
- * 4. the CheckpointIO conformance suite (`effect-trainer/testing`) passes against the
+ * 4. the package's `effect-trainer` command verifies the program's checkpoints;
+ * 5. the CheckpointIO conformance suite (`effect-trainer/testing`) passes against the
  *    custom store of docs/custom-checkpoint-io.md, extracted from that page.
  *
  * Code blocks are taken from the pages by their `<!-- consumer-test: <file> -->`
@@ -134,6 +135,12 @@ try {
     if (!existsSync(path.join(app, "runs", "spirals", file))) throw new Error(`the README program left no runs/spirals/${file}`)
   }
   console.log(`runs/spirals: ${readdirSync(path.join(app, "runs", "spirals")).join(", ")}`)
+
+  step("the effect-trainer command from the installed package")
+  const npx = process.platform === "win32" ? "npx.cmd" : "npx"
+  const verified = run(npx, ["--no-install", "effect-trainer", "verify", "runs/spirals"], app)
+  process.stdout.write(verified)
+  if (!/checkpoints intact/.test(verified)) throw new Error("effect-trainer verify did not report the checkpoints intact")
 
   step("the conformance suite against the docs' custom store")
   process.stdout.write(run(node, [path.join(app, "node_modules", "vitest", "vitest.mjs"), "run", "--dir", "test"], app))

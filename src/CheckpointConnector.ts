@@ -402,6 +402,33 @@ export interface RestoreContext {
   readonly lrSchedulers?: ReadonlyArray<string> | undefined
   /** `accumulateGradBatches` at an epoch: a saved partial window must fit it. */
   readonly accumulateGradBatches?: ((epoch: number) => number) | undefined
+  /**
+   * The run's hyperparameters (`TrainingModule.hyperParameters`): a checkpoint that
+   * saved hyperparameters must agree with them, key by key, or it is refused before
+   * any tensor is looked at (another model's file says "model: cnn", not a shape).
+   */
+  readonly hyperParameters?: Readonly<Record<string, Json>> | undefined
+}
+
+const jsonText = (value: Json | undefined): string => value === undefined ? "(unset)" : JSON.stringify(value)
+
+/**
+ * The hyperparameters on which a checkpoint and the run disagree, as
+ * `name: <saved> in the checkpoint, <run> in this run` texts (empty when they
+ * agree). A side that has none (a file written by another tool, a module without
+ * hyperparameters) agrees with anything.
+ *
+ * @since 0.2.0
+ */
+export const hyperParameterDifferences = (
+  saved: Readonly<Record<string, Json>>,
+  run: Readonly<Record<string, Json>>
+): Array<string> => {
+  if (Object.keys(saved).length === 0 || Object.keys(run).length === 0) return []
+  const names = [...new Set([...Object.keys(saved), ...Object.keys(run)])].sort()
+  return names
+    .filter((name) => !(name in saved) || !(name in run) || JSON.stringify(saved[name]) !== JSON.stringify(run[name]))
+    .map((name) => `${name}: ${jsonText(saved[name])} in the checkpoint, ${jsonText(run[name])} in this run`)
 }
 
 /**
@@ -672,7 +699,7 @@ const matchLoop = (
  * apply. Nothing is applied here: a `RestoreError` (naming `path` and the field)
  * means the model, the optimizer and the loop are untouched.
  *
- * Checks: model weights by name (or by order) and shape; optimizer class, slot
+ * Checks: the hyperparameters (when the context gives the run's), model weights by name (or by order) and shape; optimizer class, slot
  * names, numeric indices 0..n-1, slot count (against a non-fresh optimizer), the
  * step count's and every slot's shape against the variable it belongs to, state
  * variables; missing optimizer tensors when the meta says an optimizer was saved;
@@ -689,6 +716,18 @@ export const plan = (
   target: RestoreTarget,
   context: RestoreContext = {}
 ): Result.Result<RestorePlan, RestoreError> => {
+  if (Option.isSome(record.meta) && context.hyperParameters !== undefined) {
+    const differences = hyperParameterDifferences(record.meta.value.hyperParameters, context.hyperParameters)
+    if (differences.length > 0) {
+      return Result.fail(
+        new RestoreError({
+          path,
+          field: "meta.hyperParameters",
+          reason: `the checkpoint was saved with other hyperparameters (${differences.join("; ")})`
+        })
+      )
+    }
+  }
   const model = matchModel(path, record.tensors, target.model)
   if (Result.isFailure(model)) return Result.fail(model.failure)
   let optimizer: TensorPlan["optimizer"] = undefined

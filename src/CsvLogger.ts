@@ -14,6 +14,9 @@
  * When new metrics appear (validation metrics after the first validation), the file
  * gets the union of the columns and earlier rows get empty cells, like Lightning.
  *
+ * At the end of fit it also draws the curves (`Plot`) into `metrics.svg` beside the
+ * file (best effort: a plot that cannot be written is a warning).
+ *
  * Rows are buffered in memory and written every `flushEvery` rows, on `onFitEnd`,
  * `teardown` and `onException`, so logging a step costs no I/O. A flush appends the
  * new rows (and fsyncs), so the bytes written over a run are the size of the file.
@@ -33,6 +36,7 @@
 import { Effect, Exit, FileSystem, Option, Path, type PlatformError } from "effect"
 import { type Callback, CallbackError, type TrainerState } from "./Callback.ts"
 import { storageReason } from "./CheckpointIO.ts"
+import * as Plot from "./Plot.ts"
 
 /** Options of the CSV metrics logger. */
 export interface Options {
@@ -67,9 +71,12 @@ const callbackName = "CsvLogger"
 /** A failed file operation as a `CallbackError`: what failed, on which path, and why. */
 const failure = (what: string, path: string) => (error: PlatformError.PlatformError): CallbackError => {
   const kind = storageReason(error)
+  const cause = error.reason.cause
+  const code = typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
+  const why = [kind === "Other" ? undefined : kind, code].filter((w) => w !== undefined).join(", ")
   return new CallbackError({
     callback: callbackName,
-    reason: `${what} ${path}${kind === "Other" ? "" : ` (${kind})`}: ${error.message}`,
+    reason: `${what} ${path}${why === "" ? "" : ` (${why})`}: ${error.message}`,
     cause: error
   })
 }
@@ -109,10 +116,26 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
   /** The run failed: later flushes are best effort, so they never hide that failure. */
   let crashed = false
 
+  /**
+   * Creates `dir` and its missing parents one level at a time: Node's recursive mkdir
+   * reports ENOENT for a read-only file system and loops forever under /proc.
+   */
+  const makeDirectories = (dir: string): Effect.Effect<void, PlatformError.PlatformError> =>
+    Effect.gen(function*() {
+      const missing: Array<string> = []
+      for (let d = dir; !(yield* fs.exists(d)); d = path.dirname(d)) {
+        missing.push(d)
+        if (path.dirname(d) === d) break
+      }
+      for (const d of missing.reverse()) {
+        yield* fs.makeDirectory(d).pipe(Effect.catchIf((error) => error.reason._tag === "AlreadyExists", () => Effect.void))
+      }
+    })
+
   /** Creates `root/version_<n>` for the first free `n`; mkdir is the claim. */
   const claimNextVersion = (root: string) =>
     Effect.gen(function*() {
-      yield* fs.makeDirectory(root, { recursive: true }).pipe(Effect.mapError(failure("cannot create log directory", root)))
+      yield* makeDirectories(root).pipe(Effect.mapError(failure("cannot create log directory", root)))
       const names = yield* fs.readDirectory(root).pipe(Effect.mapError(failure("cannot read log directory", root)))
       let next = 0
       for (const entry of names) {
@@ -137,9 +160,7 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
   const useVersion = (root: string, version: number) =>
     Effect.gen(function*() {
       const candidate = path.join(root, `version_${version}`)
-      yield* fs.makeDirectory(candidate, { recursive: true }).pipe(
-        Effect.mapError(failure("cannot create log directory", candidate))
-      )
+      yield* makeDirectories(candidate).pipe(Effect.mapError(failure("cannot create log directory", candidate)))
       const file = path.join(candidate, metricsFileName)
       if (yield* fs.exists(file).pipe(Effect.orElseSucceed(() => false))) {
         yield* Effect.logWarning(`${callbackName}: ${file} exists and will be replaced`)
@@ -249,8 +270,21 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
       ? flush(trainer).pipe(Effect.catch((error) => Effect.logWarning(`${callbackName}: ${error.message}`)))
       : flush(trainer)
 
-  const logRow = (trainer: TrainerState) =>
-    Effect.suspend(() => addRow(trainer) && pending >= flushEvery ? flush(trainer) : Effect.void)
+  /**
+   * The picture of the run (`Plot`), next to the metrics: best effort, so a plot that
+   * cannot be written costs a warning, never the fit.
+   */
+  const writePlot = Effect.suspend(() => {
+    if (directory === undefined || body.length === 0) return Effect.void
+    const header = ["epoch", "step", ...columns].map(csvField).join(",") + "\n"
+    const file = path.join(directory, Plot.svgFileName)
+    const title = `${name}/${path.basename(directory)}`
+    return replaceFile(file, Plot.fromCsv(header + body, { title })).pipe(
+      Effect.catch((error) => Effect.logWarning(`${callbackName}: ${error.message}`))
+    )
+  })
+
+  const logRow = (trainer: TrainerState) => Effect.suspend(() => addRow(trainer) && pending >= flushEvery ? flush(trainer) : Effect.void)
 
   const logger: CsvLogger = {
     name: callbackName,
@@ -263,7 +297,7 @@ export const make = Effect.fn("CsvLogger.make")(function*(options: Options = {})
     onTrainEpochEnd: logRow,
     onValidationEpochEnd: (trainer) => trainer.sanityChecking ? Effect.void : logRow(trainer),
     onTestEpochEnd: logRow,
-    onFitEnd: flush,
+    onFitEnd: (trainer) => Effect.andThen(flush(trainer), writePlot),
     teardown: flushAtEnd,
     onException: (trainer) =>
       Effect.suspend(() => {

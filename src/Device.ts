@@ -173,27 +173,43 @@ const activate = (name: BackendName): Effect.Effect<void, DeviceError> =>
       })
     }
     yield* setBackend(name)
+    // tfjs's cpu backend prints a banner ("Hi, looks like you are running TensorFlow.js
+    // in Node.js…") at its first tensor: the user chose cpu, or auto fell back to it
+    // with a line that says so.
+    if (name === "cpu") {
+      const backend = tf.backend() as unknown as { firstUse?: boolean }
+      if (typeof backend.firstUse === "boolean") backend.firstUse = false
+    }
   })
 
-/** Brings up the first backend of `auto`'s order that works, logging each fallback. */
-const activateAuto: Effect.Effect<BackendName, DeviceError> = Effect.suspend(() => {
+/**
+ * Brings up the first backend of `auto`'s order that works, logging each fallback
+ * that is worth a warning; an optional native package that is simply not installed
+ * is expected, and only noted on the backend line (`backend: wasm (tfjs-node not
+ * installed)`).
+ */
+const activateAuto: Effect.Effect<{ readonly backend: BackendName; readonly note: string | undefined }, DeviceError> = Effect.suspend(() => {
   const reasons: Array<string> = []
-  const tryNext = (index: number): Effect.Effect<BackendName, DeviceError> => {
+  let note: string | undefined
+  const tryNext = (index: number): Effect.Effect<{ readonly backend: BackendName; readonly note: string | undefined }, DeviceError> => {
     const name = backendNames[index]
     if (name === undefined) {
       return Effect.fail(new DeviceError({ backend: "auto", reason: `no backend comes up: ${reasons.join("; ")}` }))
     }
     const next = backendNames[index + 1]
     return activate(name).pipe(
-      Effect.as(name),
+      Effect.map(() => ({ backend: name, note })),
       Effect.catch((error) => {
         reasons.push(`${name}: ${error.reason}`)
         const causes = Array.isArray(error.cause) ? error.cause : [error.cause]
+        // An optional package that is simply absent is expected; anything else is worth a warning.
+        if (name === "tensorflow" && causes.every(isNotInstalled)) {
+          note = "tfjs-node not installed"
+          return Effect.logDebug(`Device: backend ${name} unavailable (${error.reason})`).pipe(Effect.andThen(tryNext(index + 1)))
+        }
         const line = `Device: backend ${name} unavailable (${error.reason})` +
           (next === undefined ? "" : `, trying ${next}`)
-        // An optional package that is simply absent is expected; anything else is worth a warning.
-        const log = name === "tensorflow" && causes.every(isNotInstalled) ? Effect.logInfo(line) : Effect.logWarning(line)
-        return Effect.andThen(log, tryNext(index + 1))
+        return Effect.andThen(Effect.logWarning(line), tryNext(index + 1))
       })
     )
   }
@@ -436,10 +452,11 @@ export const make: (choice?: BackendChoice) => Effect.Effect<DeviceShape, Device
   return yield* Effect.acquireRelease(
     Effect.gen(function*() {
       yield* claim(choice)
-      const backend = yield* (choice === "auto" ? activateAuto : Effect.as(activate(choice), choice)).pipe(
+      const { backend, note } = yield* (choice === "auto" ? activateAuto : Effect.as(activate(choice), { backend: choice, note: undefined })).pipe(
         Effect.onError(() => unclaim)
       )
-      yield* Effect.logInfo(`Device: using the ${backend} backend${isUsingGpu(backend) ? " on a GPU" : ""}`)
+      const notes = [isUsingGpu(backend) ? "on a GPU" : undefined, note].filter((n) => n !== undefined)
+      yield* Effect.logInfo(`backend: ${backend}${notes.length === 0 ? "" : ` (${notes.join(", ")})`}`)
       const run = startRun(backend)
       return { run, shape: make_(backend, run) }
     }),

@@ -256,8 +256,14 @@ const makeInternal = (
         missing.push(d)
         if (path.dirname(d) === d) break
       }
-      yield* fs.makeDirectory(dir, { recursive: true })
-      if (durable) for (const d of missing.reverse()) yield* syncDirectory(path.dirname(d))
+      // One level at a time, not Node's recursive mkdir: that one reports ENOENT for a
+      // read-only file system and loops forever under /proc.
+      const topDown = [...missing].reverse()
+      if (topDown.length === 0) yield* fs.makeDirectory(dir, { recursive: true })
+      for (const d of topDown) {
+        yield* fs.makeDirectory(d).pipe(Effect.catchIf((error) => error.reason._tag === "AlreadyExists", () => Effect.void))
+      }
+      if (durable) for (const d of topDown) yield* syncDirectory(path.dirname(d))
     })
 
   const fileSink = (file: FileSystem.File): SafeTensors.ByteSink<PlatformError.PlatformError> => ({

@@ -789,7 +789,8 @@ export const make = <E = never, R = never>(
           CheckpointConnector.plan(record, path, described, {
             numTrainBatches,
             lrSchedulers: target.schedulers.map((c) => c.scheduler.kind),
-            accumulateGradBatches: accumulateAt
+            accumulateGradBatches: accumulateAt,
+            hyperParameters: module.hyperParameters
           }))
         yield* strategy.restore(target.model, target.optimizer, plan)
         if (plan.loop !== undefined) {
@@ -1055,12 +1056,15 @@ export const make = <E = never, R = never>(
       yield* body.pipe(
         Effect.onError((cause) =>
           Effect.gen(function*() {
-            yield* Cause.hasInterruptsOnly(cause)
-              ? Effect.logWarning(`Trainer: fit interrupted at epoch ${loop.epoch}, step ${loop.globalStep}; flushing pending checkpoints`)
-              : Effect.logError(`Trainer: fit failed at epoch ${loop.epoch}, step ${loop.globalStep}: ${Cause.pretty(cause)}`)
+            // The hooks first: the progress display ends its line before this log.
             yield* call("onException", cause).pipe(
               Effect.catchCause((c) => Effect.logError(`onException hook failed: ${Cause.pretty(c)}`))
             )
+            // The error itself is returned: whoever runs the fit reports it, once; the
+            // full cause is for debugging.
+            yield* Cause.hasInterruptsOnly(cause)
+              ? Effect.logWarning(`Trainer: fit interrupted at epoch ${loop.epoch}, step ${loop.globalStep}; flushing pending checkpoints`)
+              : Effect.logDebug(`Trainer: fit failed at epoch ${loop.epoch}, step ${loop.globalStep}: ${Cause.pretty(cause)}`)
             // Bounded: a hung write must not hang the exit. After a failure (not an
             // interruption) the wait is interruptible too, so a Ctrl-C stops it.
             const limit = Option.getOrElse(Duration.fromInput(options.shutdownFlushTimeout ?? "60 seconds"), () => Duration.minutes(1))

@@ -208,6 +208,27 @@ describe("CheckpointConnector (pure: names, loop state, validation)", () => {
       assert.strictEqual(userErr._tag, "CallbackError")
       assert.include((userErr as Callback.CallbackError).reason, "onLoadCheckpoint")
     }))
+
+  it.effect("issue 15: a checkpoint saved with other hyperparameters is refused, naming the file and each difference", () =>
+    Effect.gen(function*() {
+      const record = yield* dumpOf(2, { module: { name: "m", hyperParameters: { model: "cnn", lr: 0.001, hidden: 64 } } })
+      const refused = failure(
+        CheckpointConnector.plan(record, "/runs/last.ckpt", target(2), { hyperParameters: { model: "mlp", lr: 0.001, dropout: 0.1 } })
+      )
+      assert.strictEqual(refused.path, "/runs/last.ckpt")
+      assert.strictEqual(refused.field, "meta.hyperParameters")
+      assert.include(refused.message, "/runs/last.ckpt")
+      assert.include(refused.message, `model: "cnn" in the checkpoint, "mlp" in this run`)
+      assert.include(refused.message, "hidden: 64 in the checkpoint, (unset) in this run")
+      assert.include(refused.message, "dropout: (unset) in the checkpoint, 0.1 in this run")
+      assert.notInclude(refused.message, "lr:")
+      // Equal ones, or a side without hyperparameters (another tool's file), pass.
+      const same = { model: "cnn", lr: 0.001, hidden: 64 }
+      assert.isTrue(Result.isSuccess(CheckpointConnector.plan(record, "/a.ckpt", target(2), { hyperParameters: same })))
+      assert.isTrue(Result.isSuccess(CheckpointConnector.plan(record, "/a.ckpt", target(2), { hyperParameters: {} })))
+      const bare = yield* dumpOf(2)
+      assert.isTrue(Result.isSuccess(CheckpointConnector.plan(bare, "/a.ckpt", target(2), { hyperParameters: same })))
+    }))
 })
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, FileSystem, Layer, Option, Path } from "effect"
+import { Effect, FileSystem, Layer, Option, Path, PlatformError } from "effect"
 import { CallbackError, type Callback, type Hook, type TrainerState } from "../src/Callback.ts"
 import * as CheckpointIO from "../src/CheckpointIO.ts"
 import * as CsvLogger from "../src/CsvLogger.ts"
@@ -181,8 +181,11 @@ describe("CsvLogger", () => {
       const expected = csv(fullHeader, fullRows)
       // Six steps and four epoch rows stay under flushEvery (50): nothing written before onFitEnd.
       assert.deepStrictEqual(seen, [undefined, undefined, expected, expected])
-      // No temporary file left behind.
-      assert.deepStrictEqual(yield* fs.readDirectory(yield* logDirOf(logger)), [CsvLogger.metricsFileName])
+      // No temporary file left behind; the picture of the run beside the metrics (issue 15).
+      const dir = yield* logDirOf(logger)
+      assert.deepStrictEqual((yield* fs.readDirectory(dir)).sort(), [CsvLogger.metricsFileName, "metrics.svg"])
+      const svg = yield* fs.readFileString(`${dir}/metrics.svg`)
+      for (const name of ["train_loss", "val_loss", "val_acc"]) assert.include(svg, `<title>${name}</title>`)
     }).pipe(Effect.provide(node)))
 
   it.effect("flushes every flushEvery rows, rewriting the file when the columns grow", () =>
@@ -355,6 +358,33 @@ describe("CsvLogger", () => {
         assert.strictEqual(yield* readMetrics(yield* logDirOf(logger)), `epoch,step,loss\n0,0,${loss}\n`)
       }
     }).pipe(Effect.provide(node)))
+
+  it.effect("issue 15: a read-only file system is reported as such (EROFS), never as NotFound", () =>
+    Effect.gen(function*() {
+      // Node's recursive mkdir reports ENOENT on a read-only file system; mkdir of one
+      // level reports EROFS. This file system answers as Linux does under /ro (a
+      // read-only mount that exists).
+      const erofs = (path: string, recursive: boolean) =>
+        PlatformError.systemError({
+          _tag: recursive ? "NotFound" : "Unknown",
+          module: "FileSystem",
+          method: "makeDirectory",
+          pathOrDescriptor: path,
+          cause: Object.assign(new Error(recursive ? "ENOENT" : "EROFS"), { code: recursive ? "ENOENT" : "EROFS" })
+        })
+      const readOnly = FileSystem.makeNoop({
+        exists: (path) => Effect.succeed(path === "/ro" || path === "/"),
+        makeDirectory: (path, options) => Effect.fail(erofs(path, options?.recursive === true))
+      })
+      const logger = yield* CsvLogger.make().pipe(
+        Effect.provide(Layer.mergeAll(Layer.succeed(FileSystem.FileSystem, readOnly), NodePath.layer))
+      )
+      const error = yield* Effect.flip(call(makeState("/ro/runs"), logger.setup, "fit"))
+      assert.instanceOf(error, CallbackError)
+      assert.include(error.message, "/ro/runs")
+      assert.include(error.message, "(PermissionDenied, EROFS)")
+      assert.notInclude(error.message, "NotFound")
+    }))
 })
 
 describe("CsvLogger and URLs", () => {

@@ -411,4 +411,26 @@ describe("Device", () => {
           )
         })))
   })
+
+  it.effect("issue 15: one short backend line; no tfjs banner on cpu; tfjs-node's absence is a note, not a line of its own", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const capture = Logger.make(({ logLevel, message }) => {
+        if (logLevel !== "Debug") lines.push(`${logLevel} ${Array.isArray(message) ? message.join(" ") : String(message)}`)
+      })
+      const warn = vi.spyOn(console, "warn")
+      try {
+        yield* withDevice("cpu", (device) => Effect.sync(() => device.tf.tensor([1, 2]).dataSync())).pipe(
+          Effect.provideService(Logger.CurrentLoggers, new Set([capture]))
+        )
+        assert.deepStrictEqual(lines, ["Info backend: cpu"])
+        assert.isFalse(warn.mock.calls.some((args) => String(args[0]).includes("Hi, looks like")), "no tfjs banner")
+        lines.length = 0
+        yield* withDevice("auto", () => Effect.void).pipe(Effect.provideService(Logger.CurrentLoggers, new Set([capture])))
+        // tfjs-node is not installed here: auto comes up on wasm, in one line.
+        assert.deepStrictEqual(lines, ["Info backend: wasm (tfjs-node not installed)"])
+      } finally {
+        warn.mockRestore()
+      }
+    }))
 })

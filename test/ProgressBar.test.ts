@@ -108,8 +108,11 @@ const capture = (isTTY: boolean, columns?: number) => {
 }
 
 const clear = "\r\u001b[2K"
-const epoch0 = "Epoch 0: 3/3 10 it/s train_loss=0.632 val_loss=0.523 val_acc=0.851 train_loss_epoch=0.763"
-const epoch1 = "Epoch 1: 3/3 10 it/s train_loss=0.412 val_loss=0.388 val_acc=0.913 train_loss_epoch=0.451"
+const metrics0 = "train_loss=0.632 val_loss=0.523 val_acc=0.851 train_loss_epoch=0.763"
+const metrics1 = "train_loss=0.412 val_loss=0.388 val_acc=0.913 train_loss_epoch=0.451"
+const epoch0 = `Epoch 0: 100% 3/3 [00:00<00:00, 10 it/s] ${metrics0}`
+const epoch1 = `Epoch 1: 100% 3/3 [00:00<00:00, 10 it/s] ${metrics1}`
+const bar0 = `Epoch 0: 100%|██████████| 3/3 [00:00<00:00, 10 it/s] ${metrics0}`
 
 describe("ProgressBar", () => {
   it("formats numbers with 3 significant digits", () => {
@@ -137,11 +140,11 @@ describe("ProgressBar", () => {
       const bar = ProgressBar.make({ output })
       assert.strictEqual(bar.name, "ProgressBar")
       yield* fit(bar, makeState(), 100)
-      assert.deepStrictEqual(writes, [`${epoch0}\n`, `${epoch1}\n`])
+      assert.deepStrictEqual(writes, [`${epoch0}\n`, `${epoch1}\n`, "fit stopped: maxEpochs=2 reached (step 6)\n"])
       assert.notMatch(writes.join(""), /[\r\u001b]/)
     }))
 
-  it.effect("not a terminal: validate and test runs print their metrics; unknown sizes show ?", () =>
+  it.effect("issue 15: not a terminal: validate prints its metrics, a test run a table of the test metrics only; unknown sizes show ?", () =>
     Effect.gen(function*() {
       const { writes, output } = capture(false)
       const bar = ProgressBar.make({ output })
@@ -150,8 +153,11 @@ describe("ProgressBar", () => {
       state.callbackMetrics = new Map([["val_loss", 0.25], ["val_acc", 0.9134]])
       yield* call(state, bar.onValidationEpochEnd)
       state.stage = "test"
-      state.callbackMetrics = new Map([["test_loss", 0.3012], ["test_acc", 0.95]])
+      // Training and validation metrics are still in callbackMetrics: the table leaves them out.
+      state.callbackMetrics = new Map([["train_loss", 0.4], ["val_acc", 0.9], ["test_loss", 0.3012], ["test_acc", 0.95]])
+      state.loggedMetrics = new Map([["test_loss", 0.3012], ["test_acc", 0.95]])
       yield* call(state, bar.onTestEpochEnd)
+      state.loggedMetrics = new Map()
       state.stage = "fit"
       state.numTrainBatches = undefined
       state.callbackMetrics = new Map()
@@ -160,25 +166,33 @@ describe("ProgressBar", () => {
       yield* call(state, bar.onTrainEpochEnd)
       assert.deepStrictEqual(writes, [
         "Validation: val_loss=0.25 val_acc=0.913\n",
-        "Test: test_loss=0.301 test_acc=0.95\n",
-        "Epoch 0: 1/? ? it/s\n"
+        [
+          "┌─────────────┬────────┐",
+          "│ Test metric │ Value  │",
+          "├─────────────┼────────┤",
+          "│ test_loss   │ 0.3012 │",
+          "│ test_acc    │   0.95 │",
+          "└─────────────┴────────┘"
+        ].join("\n") + "\n",
+        "Epoch 0: 1/? [00:00, ? it/s]\n"
       ])
     }))
 
-  it.effect("a terminal: redraws in place at most every 100 ms, a newline at each epoch end", () =>
+  it.effect("issue 15: a terminal: a bar, percentage, elapsed<remaining and it/s, redrawn at most every 100 ms, a newline at each epoch end", () =>
     Effect.gen(function*() {
       const { writes, output } = capture(true)
       // 50 ms a batch: the limit lets every other batch through.
       yield* fit(ProgressBar.make({ output }), makeState(), 50)
       assert.deepStrictEqual(writes, [
-        `${clear}Epoch 0: 0/3 ? it/s`, // t=0, epoch start
+        `${clear}Epoch 0:   0%|          | 0/3 [00:00, ? it/s]`, // t=0, epoch start
         // t=50: batch 1 is within 100 ms of the last draw: skipped
-        `${clear}Epoch 0: 2/3 20 it/s train_loss=0.746`, // t=100
+        `${clear}Epoch 0:  67%|██████▋   | 2/3 [00:00<00:00, 20 it/s] train_loss=0.746`, // t=100
         // t=150: batch 3 skipped
-        `${clear}Epoch 0: 3/3 20 it/s train_loss=0.632 val_loss=0.523 val_acc=0.851 train_loss_epoch=0.763\n`,
-        `${clear}Epoch 1: 0/3 ? it/s train_loss=0.632 val_loss=0.523 val_acc=0.851 train_loss_epoch=0.763`, // t=150
-        `${clear}Epoch 1: 2/3 20 it/s train_loss=0.439 val_loss=0.523 val_acc=0.851 train_loss_epoch=0.763`, // t=250
-        `${clear}Epoch 1: 3/3 20 it/s train_loss=0.412 val_loss=0.388 val_acc=0.913 train_loss_epoch=0.451\n`
+        `${clear}Epoch 0: 100%|██████████| 3/3 [00:00<00:00, 20 it/s] ${metrics0}\n`,
+        `${clear}Epoch 1:   0%|          | 0/3 [00:00, ? it/s] ${metrics0}`, // t=150
+        `${clear}Epoch 1:  67%|██████▋   | 2/3 [00:00<00:00, 20 it/s] train_loss=0.439 val_loss=0.523 val_acc=0.851 train_loss_epoch=0.763`, // t=250
+        `${clear}Epoch 1: 100%|██████████| 3/3 [00:00<00:00, 20 it/s] ${metrics1}\n`,
+        "fit stopped: maxEpochs=2 reached (step 6)\n"
       ])
     }))
 
@@ -187,21 +201,22 @@ describe("ProgressBar", () => {
       const every2 = capture(true)
       yield* fit(ProgressBar.make({ output: every2.output, refreshRate: 2 }), makeState(), 1000, 1)
       assert.deepStrictEqual(every2.writes, [
-        `${clear}Epoch 0: 0/3 ? it/s`,
-        `${clear}Epoch 0: 2/3 1 it/s train_loss=0.746`,
-        `${clear}${epoch0.replace("10 it/s", "1 it/s")}\n`
+        `${clear}Epoch 0:   0%|          | 0/3 [00:00, ? it/s]`,
+        `${clear}Epoch 0:  67%|██████▋   | 2/3 [00:02<00:01, 1 it/s] train_loss=0.746`,
+        `${clear}Epoch 0: 100%|██████████| 3/3 [00:03<00:00, 1 it/s] ${metrics0}\n`,
+        "fit stopped: maxEpochs=2 reached (step 3)\n"
       ])
       const off = capture(true)
       yield* fit(ProgressBar.make({ output: off.output, refreshRate: 0 }), makeState(), 100, 1)
-      assert.deepStrictEqual(off.writes, [`${epoch0}\n`])
+      assert.deepStrictEqual(off.writes, [`${bar0}\n`, "fit stopped: maxEpochs=2 reached (step 3)\n"])
     }))
 
   it.effect("a terminal: redraws are cut to the terminal width, the finished line is not", () =>
     Effect.gen(function*() {
       const { writes, output } = capture(true, 20)
       yield* fit(ProgressBar.make({ output }), makeState(), 100, 1)
-      assert.deepStrictEqual(writes.slice(0, 2), [`${clear}Epoch 0: 0/3 ? it/s`, `${clear}Epoch 0: 1/3 10 it/`])
-      assert.strictEqual(writes.at(-1), `${clear}${epoch0}\n`)
+      assert.deepStrictEqual(writes.slice(0, 2), [`${clear}Epoch 0:   0%|     `, `${clear}Epoch 0:  33%|███▍ `])
+      assert.strictEqual(writes.at(-2), `${clear}${bar0}\n`)
     }))
 
   it.effect("a failure finishes the redrawn line so that the error starts on a fresh line", () =>
@@ -213,7 +228,11 @@ describe("ProgressBar", () => {
       yield* TestClock.adjust(100)
       yield* call(state, bar.onTrainBatchEnd, { loss: 1 }, 0)
       yield* call(state, bar.onException, new Error("boom"))
-      assert.deepStrictEqual(writes, [`${clear}Epoch 0: 0/3 ? it/s`, `${clear}Epoch 0: 1/3 10 it/s`, "\n"])
+      assert.deepStrictEqual(writes, [
+        `${clear}Epoch 0:   0%|          | 0/3 [00:00, ? it/s]`,
+        `${clear}Epoch 0:  33%|███▍      | 1/3 [00:00<00:00, 10 it/s]`,
+        "\n"
+      ])
       // Nothing open: nothing to finish.
       yield* call(state, bar.onException, new Error("again"))
       assert.strictEqual(writes.length, 3)
@@ -241,9 +260,9 @@ describe("ProgressBar", () => {
       yield* call(state, bar.onTrainEpochEnd)
       yield* call(state, bar.onValidationEpochEnd)
       assert.deepStrictEqual(writes, [
-        `${clear}Epoch 0: 0/3 ? it/s val_loss=1`,
-        `${clear}Epoch 0: 1/3 10 it/s val_loss=1`,
-        `${clear}Epoch 0: 1/3 10 it/s val_loss=1\n`,
+        `${clear}Epoch 0:   0%|          | 0/3 [00:00, ? it/s] val_loss=1`,
+        `${clear}Epoch 0:  33%|███▍      | 1/3 [00:00<00:00, 10 it/s] val_loss=1`,
+        `${clear}Epoch 0:  33%|███▍      | 1/3 [00:00<00:00, 10 it/s] val_loss=1\n`,
         "Validation: val_loss=1\n"
       ])
     }))

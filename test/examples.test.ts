@@ -53,7 +53,7 @@ describe("examples", () => {
       })
       const accuracy = Number(/test accuracy: (\d+\.\d+)%/.exec(first)![1])
       assert.isAtLeast(accuracy, 90, first.slice(-400))
-      const checkpoints = fs.readdirSync(path.join(root, "checkpoints")).sort()
+      const checkpoints = fs.readdirSync(path.join(root, "mlp", "checkpoints")).sort()
       assert.include(checkpoints, "last.ckpt")
       assert.strictEqual(checkpoints.filter((f) => /^epoch=\d+-step=\d+-val_acc=0\.\d{4}\.ckpt$/.test(f)).length, 2, checkpoints.join(" "))
       const resumed = execFileSync(
@@ -61,7 +61,7 @@ describe("examples", () => {
         ["examples/mnist.ts", "--default-root-dir", root, "--backend", "wasm", "--ckpt-path", "last", "--max-epochs", "4"],
         { encoding: "utf8", stdio: "pipe" }
       )
-      assert.match(resumed, /resumed from .*last\.ckpt \(epoch 3, step 375\)/)
+      assert.match(resumed, /resumed from .*mlp\/checkpoints\/last\.ckpt \(epoch 3, step 375\)/)
       assert.match(resumed, /Epoch 3:/)
       assert.notMatch(resumed, /Epoch 0:/)
     } finally {
@@ -84,7 +84,8 @@ describe("examples", () => {
         child.on("exit", (c) => resolve(c))
       })
       assert.strictEqual(code, 130, output.slice(-500))
-      const files = fs.readdirSync(path.join(root, "checkpoints"))
+      assert.match(output, /resume with: npm start -- .*--ckpt-path last/)
+      const files = fs.readdirSync(path.join(root, "mlp", "checkpoints"))
       assert.isTrue(files.some((f) => f.startsWith("exception")), files.join(" "))
       assert.isFalse(files.some((f) => f.includes(".tmp-ckpt")), "no temporary file left")
     } finally {

@@ -13,6 +13,7 @@ const pkg = JSON.parse(readFileSync(path.join(repo, "package.json"), "utf8")) as
   peerDependencies: Record<string, string>
   dependencies?: Record<string, string>
   files: ReadonlyArray<string>
+  bin?: Record<string, string>
 }
 /**
  * Modules that import an optional peer dependency (S3CheckpointIO: `@aws-sdk/client-s3`):
@@ -41,11 +42,13 @@ describe("package.json", () => {
 
   it("the index re-exports every module but the testing ones and those on optional peers", () => {
     const index = readFileSync(path.join(repo, "src", "index.ts"), "utf8")
-    for (const m of modules.filter((m) => m !== "version" && !optionalPeerModules.includes(m))) {
+    // Re-exported, these would break every user without the optional peer installed
+    // (and cli, the bin, would pull in the Node runtime).
+    const notInIndex = [...optionalPeerModules, "cli"]
+    for (const m of modules.filter((m) => m !== "version" && !notInIndex.includes(m))) {
       assert.include(index, `from "./${m}.ts"`, m)
     }
-    // Re-exported, they would break every user without the optional peer installed.
-    for (const m of optionalPeerModules) assert.notInclude(index, `from "./${m}.ts"`, m)
+    for (const m of notInIndex) assert.notInclude(index, `from "./${m}.ts"`, m)
   })
 
   it("effect, platform-node and tfjs are peers, never bundled dependencies", () => {
@@ -53,6 +56,11 @@ describe("package.json", () => {
       assert.match(pkg.peerDependencies[name] ?? "", /^\^/, name)
       assert.isUndefined(pkg.dependencies?.[name], name)
     }
+  })
+
+  it("issue 15: ships the effect-trainer command, built from src/cli.ts, which starts with a shebang", () => {
+    assert.deepStrictEqual(pkg.bin, { "effect-trainer": "./dist/cli.js" })
+    assert.isTrue(readFileSync(path.join(repo, "src", "cli.ts"), "utf8").startsWith("#!/usr/bin/env node\n"))
   })
 })
 
