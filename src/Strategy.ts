@@ -109,19 +109,20 @@ export class Strategy extends Context.Service<Strategy, StrategyShape>()("effect
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
-/** The step of a single device: tfjs's own minimize, or gradients, clipping and apply. */
+/**
+ * The step of a single device: tfjs's own minimize, or gradients, clipping and apply;
+ * then the loss is read with `await data()` (`webgpu` cannot read synchronously).
+ */
 const trainingStep = (device: DeviceShape): StrategyShape["trainingStep"] => (model, optimizer, loss, options) =>
   Effect.try({
-    try: () => {
+    try: (): tf.Tensor => {
       const { tf } = device
       // LayerVariable.read() is the variable itself, as tfjs-layers passes to minimize.
       const varList = model.trainableWeights.map((w) => w.read() as tf.Variable)
       if (options.gradientClipVal === undefined) {
         const cost = optimizer.minimize(loss, true, varList)
         if (cost === null) throw new Error("the optimizer returned no loss")
-        const value = cost.dataSync()[0]!
-        cost.dispose()
-        return value
+        return cost
       }
       const clip = options.gradientClipVal
       const { grads, value } = optimizer.computeGradients(loss, varList)
@@ -136,12 +137,17 @@ const trainingStep = (device: DeviceShape): StrategyShape["trainingStep"] => (mo
       })
       optimizer.applyGradients(clipped)
       tf.dispose([...Object.values(grads), ...Object.values(clipped)])
-      const result = value.dataSync()[0]!
-      value.dispose()
-      return result
+      return value
     },
     catch: (cause) => new StepError({ step: "training step", reason: messageOf(cause), cause })
-  })
+  }).pipe(
+    Effect.flatMap((cost) =>
+      Effect.tryPromise({
+        try: () => cost.data().then((data) => data[0] as number),
+        catch: (cause) => new StepError({ step: "training step", reason: `reading the loss: ${messageOf(cause)}`, cause })
+      }).pipe(Effect.ensuring(Effect.sync(() => cost.dispose())))
+    )
+  )
 
 /**
  * Optimizer variables that `getWeights` leaves out: Adam's and Adamax's running
