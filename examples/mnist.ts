@@ -102,7 +102,7 @@ const command = Command.make("effect-trainer-mnist", {
     Flag.optional,
     Flag.withDescription("resume: last, best, or a checkpoint file")
   ),
-  backend: Flag.Literals("backend", ["auto", "wasm", "cpu", "tensorflow"]).pipe(
+  backend: Flag.Literals("backend", ["auto", "webgpu", "wasm", "cpu", "tensorflow"]).pipe(
     // Unset: EFFECT_TRAINER_BACKEND, else auto.
     Flag.withFallbackConfig(Device.backendConfig),
     Flag.withDescription("tfjs backend (default: $EFFECT_TRAINER_BACKEND or auto; tensorflow needs @tensorflow/tfjs-node or -gpu)")

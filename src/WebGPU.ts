@@ -197,14 +197,19 @@ export const acquire = (options: Options = {}): Effect.Effect<Setup, Failure, Sc
       }),
       () => Effect.sync(() => setNavigatorGpu(previousGpu))
     )
+    const flagText = flags.length === 0 ? "no Dawn flags" : `Dawn flags ${flags.join(",")}`
     const request = (featureLevel: "core" | "compatibility") =>
       Effect.tryPromise({
         try: () => gpu.requestAdapter({ powerPreference: "high-performance", featureLevel }),
-        catch: (cause): Failure => ({ reason: `requestAdapter failed: ${messageOf(cause)}`, cause })
+        // Dawn throws when an `adapter=` flag names none of the adapters (and lists them).
+        catch: (cause): Failure => ({
+          reason: `no WebGPU adapter found (${flagText}): ${messageOf(cause).replaceAll("\n", " ")}. ${driverRequirements}`,
+          cause,
+          noAdapter: true
+        })
       }).pipe(Effect.map((adapter) => adapter === null ? undefined : { adapter, featureLevel }))
     let found = yield* request("core")
     if (found === undefined && options.requireGpu !== true) found = yield* request("compatibility")
-    const flagText = flags.length === 0 ? "no Dawn flags" : `Dawn flags ${flags.join(",")}`
     if (found === undefined) {
       return yield* Effect.fail<Failure>({ reason: `no WebGPU adapter found (${flagText}). ${driverRequirements}`, noAdapter: true })
     }

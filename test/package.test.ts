@@ -14,6 +14,8 @@ const pkg = JSON.parse(readFileSync(path.join(repo, "package.json"), "utf8")) as
   dependencies?: Record<string, string>
   files: ReadonlyArray<string>
 }
+/** Modules for optional peers: exported as subpaths, kept out of the index. */
+const optionalPeerModules = ["WebGPU"]
 const modules = readdirSync(path.join(repo, "src"))
   .filter((f) => f.endsWith(".ts") && f !== "index.ts")
   .map((f) => f.slice(0, -3))
@@ -33,9 +35,13 @@ describe("package.json", () => {
     }
   })
 
-  it("the index re-exports every module but the testing ones", () => {
+  it("the index re-exports every module but the testing ones and those of optional peers", () => {
     const index = readFileSync(path.join(repo, "src", "index.ts"), "utf8")
-    for (const m of modules.filter((m) => m !== "version")) assert.include(index, `from "./${m}.ts"`, m)
+    for (const m of modules.filter((m) => m !== "version" && !optionalPeerModules.includes(m))) {
+      assert.include(index, `from "./${m}.ts"`, m)
+    }
+    // WebGPU loads webgpu and @tensorflow/tfjs-backend-webgpu: a subpath export only.
+    for (const m of optionalPeerModules) assert.notInclude(index, `from "./${m}.ts"`, m)
   })
 
   it("effect, platform-node and tfjs are peers, never bundled dependencies", () => {
