@@ -168,8 +168,16 @@ const nameOf = (info: AdapterInfo): string => {
 
 const navigatorSlot = globalThis as unknown as { navigator: { gpu?: unknown } }
 
-/** Sets `navigator.gpu` (Node's `navigator` has no `gpu`; a data property is defined on it). */
+/**
+ * Sets `navigator.gpu` (Node's `navigator` has no `gpu`; a data property is defined on
+ * it), or deletes it for `undefined`: while a Dawn instance is referenced from a
+ * global, Node does not exit (the `webgpu` package's README).
+ */
 const setNavigatorGpu = (gpu: unknown): void => {
+  if (gpu === undefined) {
+    delete navigatorSlot.navigator.gpu
+    return
+  }
   Object.defineProperty(navigatorSlot.navigator, "gpu", { value: gpu, configurable: true, writable: true })
 }
 

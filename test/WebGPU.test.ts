@@ -151,7 +151,8 @@ describe("WebGPU (issue 19)", () => {
       assert.deepStrictEqual(Object.keys(actual).sort(), Object.keys(reference).sort())
       for (const name of Object.keys(reference)) {
         const error = relativeError(reference[name]!, actual[name]!)
-        assert.isBelow(error, 1e-4, `${name}: relative error ${error}`)
+        // Measured here: up to 1.8e-7 (wasm against cpu: the same order).
+        assert.isBelow(error, 1e-5, `${name}: relative error ${error}`)
       }
 
       // Staging: a tensor never read before (dataSync would throw), a snapshot that
