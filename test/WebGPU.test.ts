@@ -12,10 +12,12 @@ import { Effect, Layer, Logger } from "effect"
 import * as AsyncCheckpointIO from "../src/AsyncCheckpointIO.ts"
 import type * as Callback from "../src/Callback.ts"
 import type { HostTensor } from "../src/Checkpoint.ts"
+import type * as DataModule from "../src/DataModule.ts"
 import * as Device from "../src/Device.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
+import type { TrainingModule } from "../src/TrainingModule.ts"
 import * as WebGPU from "../src/WebGPU.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 import { seeded } from "./support/random.ts"
@@ -129,6 +131,40 @@ describe("WebGPU (issue 19)", () => {
       )
     }))
 
+  it.effect("issue 19: logged tensors are read when the step ends, in order; a step may dispose what it logged", () =>
+    Effect.gen(function*() {
+      const base = irisClassifier("logs")
+      const module: TrainingModule<DataModule.XY> = {
+        ...base,
+        trainingStep: (model, batch, ctx) => {
+          const loss = base.trainingStep(model, batch, ctx)
+          const twice = ctx.tf.mul(loss, 2) as tf.Scalar
+          const epochOnly = { onStep: false, onEpoch: true }
+          ctx.log("twice", twice, epochOnly)
+          twice.dispose()
+          ctx.log("twice", 7, epochOnly)
+          return loss
+        }
+      }
+      const device = yield* Device.Device
+      const before = device.tf.memory().numTensors
+      const trainer = yield* Trainer.make({
+        ...quiet,
+        maxEpochs: 1,
+        numSanityValSteps: 0,
+        plugins: { checkpointIO: MemoryCheckpointIO.layer }
+      })
+      yield* trainer.fit(module, irisData())
+      const loss = trainer.state.callbackMetrics.get("train_loss")!
+      const twice = trainer.state.callbackMetrics.get("twice")!
+      // Each step logged 2 * loss and then 7 (train_loss is the epoch mean of loss).
+      assert.isTrue(Number.isFinite(loss) && Number.isFinite(twice))
+      assert.closeTo(twice, (2 * loss + 7) / 2, 1e-5)
+      // The kept copies were disposed: only the model and optimizer remain.
+      const after = device.tf.memory().numTensors
+      assert.isBelow(after - before, 40, `tensors ${before} -> ${after}`)
+    }).pipe(Effect.provide(Layer.mergeAll(Strategy.singleDevice(), node).pipe(Layer.provideMerge(Device.layer("wasm"))))))
+
   it.effect("issue 19: on webgpu a training step matches cpu, staging works, fit + save + resume round-trips", () =>
     Effect.gen(function*() {
       const reference = yield* Effect.scoped(Effect.flatMap(Device.make("cpu"), trainingStep))
@@ -192,6 +228,10 @@ describe("WebGPU (issue 19)", () => {
           })
         const straight = yield* Trainer.make(options)
         yield* straight.fit(irisClassifier("straight"), irisData())
+        // Logged tensors were read (asynchronously) into the metrics.
+        for (const name of ["train_loss", "val_loss", "val_acc"]) {
+          assert.isTrue(Number.isFinite(straight.state.callbackMetrics.get(name)), name)
+        }
         const stop: Callback.Callback = {
           name: "stop",
           onTrainBatchEnd: (t) => t.globalStep === 5 ? Effect.andThen(t.saveCheckpoint("/stop.ckpt"), Effect.sync(t.stop)) : Effect.void
