@@ -169,7 +169,7 @@ describe("WebGPU (issue 19)", () => {
     Effect.gen(function*() {
       const reference = yield* Effect.scoped(Effect.flatMap(Device.make("cpu"), trainingStep))
 
-      const acquired = yield* Effect.result(Device.make("webgpu", { webgpuFlags: flags }))
+      const [acquired, lines] = yield* logsOf(Effect.result(Device.make("webgpu", { webgpuFlags: flags })))
       if (acquired._tag === "Failure") {
         const error = acquired.failure
         // Only "no adapter" may skip; a broken package or backend fails the test.
@@ -181,6 +181,9 @@ describe("WebGPU (issue 19)", () => {
       }
       const device = acquired.success
       assert.strictEqual(device.backend, "webgpu")
+      // Asked by name, a CPU emulation (llvmpipe here) is accepted, with a line saying so.
+      const emulated = lines.some((line) => /^Info: Device: webgpu runs on .*, a CPU emulation/.test(line))
+      assert.strictEqual(emulated, !device.isGpu, lines.join("\n"))
 
       // A training step and its gradients, against cpu.
       const actual = yield* trainingStep(device)
