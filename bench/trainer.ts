@@ -4,9 +4,13 @@
  * MLP (784-256-128-10, batch 128) and a small CNN (conv 3x3x32, max-pool, dense;
  * batch 64).
  *
- *   npm run bench:trainer [-- --backend auto|wasm|cpu|tensorflow --steps 60 --repeats 3 --json <file>]
+ *   npm run bench:trainer [-- --backend auto|webgpu|wasm|cpu|tensorflow --steps 60 --repeats 3 --json <file>]
  *
- * Both sides read the loss of every step (as the Trainer does for its metrics), and
+ * On `webgpu` without a GPU: `EGL_PLATFORM=surfaceless EFFECT_TRAINER_WEBGPU_FLAGS=backend=opengles`
+ * (docs/backends.md).
+ *
+ * Both sides read the loss of every step with `await data()` (as the Trainer does for
+ * its metrics; `webgpu` cannot read synchronously), and
  * both time only the steps (not building the model). The two run interleaved, step
  * by step (see `interleaved`); the ratio is the median Trainer steps/s ÷ the median
  * bare steps/s of a run, and the figure printed is the median over the repeats.
@@ -92,21 +96,23 @@ const syntheticData = (c: Case, count: number): DataModule.XY => {
 const lossOf = (tfjs: typeof tf, model: tf.LayersModel, x: tf.Tensor, y: tf.Tensor) =>
   tfjs.losses.softmaxCrossEntropy(y, model.apply(x) as tf.Tensor) as tf.Scalar
 
-/** The bare loop's step: a batch sliced from the same arrays, tfjs's minimize, the loss read. */
+/** The bare loop's step: a batch sliced from the same arrays, tfjs's minimize, the loss read (resolves when read). */
 const bareStepper = (tfjs: typeof tf, c: Case, data: DataModule.XY) => {
   const model = c.build(tfjs)
   const optimizer = tfjs.train.adam(1e-3)
   const rowSize = data.x.data.length / data.x.shape[0]!
   const batches = data.x.shape[0]! / c.batchSize
-  const step = (b: number) => {
+  const step = (b: number): Promise<void> => {
     const at = b % batches
     const cost = tfjs.tidy(() => {
       const x = tfjs.tensor((data.x.data as Float32Array).subarray(at * c.batchSize * rowSize, (at + 1) * c.batchSize * rowSize), [c.batchSize, ...c.inputShape])
       const y = tfjs.tensor((data.y.data as Float32Array).subarray(at * c.batchSize * 10, (at + 1) * c.batchSize * 10), [c.batchSize, 10])
       return optimizer.minimize(() => lossOf(tfjs, model, x, y), true)!
     })
-    cost.dataSync()
-    cost.dispose()
+    return cost.data().then(() => cost.dispose(), (error: unknown) => {
+      cost.dispose()
+      throw error
+    })
   }
   const dispose = () => {
     tfjs.dispose(model.weights.map((w) => w.read()))
@@ -132,7 +138,8 @@ const module = (c: Case): TrainingModule<DataModule.XY> => ({
  * Garbage-collection pauses (V8's `gc` performance entries) are attributed to the
  * side whose window they fall in and returned as ms per step: GC work that V8 runs
  * as a task lands where the event loop turns, which is inside the Trainer's window
- * (the bare step never yields), whichever side allocated the garbage.
+ * (the bare step yields only to microtasks on cpu and wasm), whichever side allocated
+ * the garbage.
  */
 const interleaved = (tfjs: typeof tf, c: Case, data: DataModule.XY, count: number) =>
   Effect.gen(function*() {
@@ -161,15 +168,16 @@ const interleaved = (tfjs: typeof tf, c: Case, data: DataModule.XY, count: numbe
           previousStart = now
         }),
       onTrainBatchEnd: (_t, _o, i) =>
-        Effect.sync(() => {
+        Effect.suspend(() => {
           const start = performance.now()
-          bare.step(i)
-          const end = performance.now()
-          bareInBetween = end - start
-          if (i >= 3) {
-            bareTimes.push(bareInBetween)
-            bareWindows.push([start, end])
-          }
+          return Effect.promise(() => bare.step(i)).pipe(Effect.map(() => {
+            const end = performance.now()
+            bareInBetween = end - start
+            if (i >= 3) {
+              bareTimes.push(bareInBetween)
+              bareWindows.push([start, end])
+            }
+          }))
         })
     }
     const trainer = yield* Trainer.make({

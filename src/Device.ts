@@ -2,10 +2,10 @@
  * `Device`: the TensorFlow.js backend a run computes on, as an Effect service.
  *
  * The counterpart of Lightning's accelerator: a Layer picks and readies the backend
- * (`tensorflow` from `@tensorflow/tfjs-node-gpu` / `@tensorflow/tfjs-node`, `wasm`,
- * or `cpu`), the service hands out the `tf` namespace to compute with, and moves
- * tensors between tfjs and host memory (`stage` for checkpoints, `upload` for
- * restores). The Layer's scope is the run: on release, every tensor and variable
+ * (`tensorflow` from `@tensorflow/tfjs-node-gpu` / `@tensorflow/tfjs-node`, `webgpu`
+ * on Dawn (see `WebGPU`), `wasm`, or `cpu`), the service hands out the `tf`
+ * namespace to compute with, and moves tensors between tfjs and host memory (`stage`
+ * for checkpoints, `upload` for restores). The Layer's scope is the run: on release, every tensor and variable
  * the run allocated is disposed.
  *
  * Gotchas:
@@ -16,7 +16,11 @@
  * - Do not call `tf.setBackend` yourself while a `Device` is live.
  * - `tensorflow` needs the optional peers `@tensorflow/tfjs-node(-gpu)`, which
  *   download libtensorflow on install; they are loaded with a dynamic `import()`,
- *   and `auto` falls back to `wasm`, then `cpu`, with a log line.
+ *   and `auto` falls back to `webgpu` (only on a real GPU adapter, never a CPU
+ *   emulation), then `wasm`, then `cpu`, with a log line.
+ * - `webgpu` needs the optional peers `webgpu` and `@tensorflow/tfjs-backend-webgpu`
+ *   and a GPU driver (docs/backends.md); its tensors cannot be read with `dataSync()`,
+ *   so `stage` reads with `await data()`.
  * - On `wasm`, kernels the backend lacks or computes wrongly are registered (see
  *   `WasmKernels`), so conv, pooling and embedding models train there on the same
  *   gradients as on `cpu` (`GradientCheck` holds them to it).
@@ -25,12 +29,13 @@
  */
 import * as tf from "@tensorflow/tfjs"
 import "@tensorflow/tfjs-backend-wasm"
-import { Config, Context, Data, Effect, Layer, type Scope } from "effect"
+import { Config, Context, Data, Effect, Layer, Scope } from "effect"
 import { elementCount, type HostTensor } from "./Checkpoint.ts"
 import * as WasmKernels from "./WasmKernels.ts"
+import * as WebGPU from "./WebGPU.ts"
 
-/** The backends a `Device` can run on. */
-export const backendNames = ["tensorflow", "wasm", "cpu"] as const
+/** The backends a `Device` can run on, in `auto`'s order. */
+export const backendNames = ["tensorflow", "webgpu", "wasm", "cpu"] as const
 
 /** A tfjs backend effect-trainer can run on. */
 export type BackendName = typeof backendNames[number]
@@ -38,7 +43,7 @@ export type BackendName = typeof backendNames[number]
 /** What to ask for: a backend by name, or `auto` (the fastest that comes up). */
 export const backendChoices = ["auto", ...backendNames] as const
 
-/** A backend to use, or `"auto"`: the first that loads of tfjs-node-gpu, tfjs-node, wasm, cpu. */
+/** A backend to use, or `"auto"`: the first that loads of tfjs-node-gpu, tfjs-node, webgpu (on a real GPU), wasm, cpu. */
 export type BackendChoice = typeof backendChoices[number]
 
 /**
@@ -62,14 +67,18 @@ export interface DeviceShape {
   readonly tf: typeof tf
   /** The active backend. */
   readonly backend: BackendName
-  /** Whether tfjs computes on a GPU: `tf.backend().isUsingGpuDevice` on `tensorflow`; `false` otherwise. */
+  /**
+   * Whether tfjs computes on a GPU: `tf.backend().isUsingGpuDevice` on `tensorflow`;
+   * on `webgpu`, whether the adapter is not a CPU emulation; `false` otherwise.
+   */
   readonly isGpu: boolean
   /**
    * Copies tensors to host memory: float32, int32 and bool become `F32`, `I32` and
    * `BOOL`; other dtypes fail with `DeviceError` naming the tensor. The copy is a
-   * snapshot that never aliases tfjs memory (on `cpu`, `dataSync()` returns the
-   * tensor's own array, so it is copied; on `wasm`, `dataSync()` already copies out
-   * of the heap, so it is taken as is). The tensors stay the caller's.
+   * snapshot that never aliases tfjs memory, read with `await data()` (on `cpu` and
+   * `webgpu` that is the tensor's own, or cached, array, so it is copied; on `wasm` it
+   * already copies out of the heap, so it is taken as is; `webgpu` cannot read
+   * synchronously at all). The tensors stay the caller's.
    */
   readonly stage: (tensors: Readonly<Record<string, tf.Tensor>>) => Effect.Effect<Record<string, HostTensor>, DeviceError>
   /**
@@ -161,15 +170,61 @@ const setBackend = (name: BackendName): Effect.Effect<void, DeviceError> =>
     }
   })
 
-/** Makes `name` the active backend, with everything it needs registered. */
-const activate = (name: BackendName): Effect.Effect<void, DeviceError> =>
+/** How a `Device` brings its backend up, beyond the choice of backend. */
+export interface Options {
+  /**
+   * Dawn toggles for `webgpu` (`["backend=opengles"]`, `["adapter=NVIDIA"]`, …); when
+   * absent, read from `EFFECT_TRAINER_WEBGPU_FLAGS` (comma-separated; none when unset).
+   */
+  readonly webgpuFlags?: ReadonlyArray<string> | undefined
+}
+
+/** What bringing a backend up found out: whether it computes on a GPU. */
+interface Activated {
+  readonly isGpu: boolean
+}
+
+/** `WebGPU.acquire` as a `DeviceError`; `auto` asks for a real GPU only. */
+const activateWebGPU = (options: Options, auto: boolean): Effect.Effect<Activated, DeviceError, Scope.Scope> =>
   Effect.gen(function*() {
+    const flags = options.webgpuFlags ?? (yield* WebGPU.flagsConfig.pipe(
+      Effect.mapError((cause) => new DeviceError({ backend: "webgpu", reason: `EFFECT_TRAINER_WEBGPU_FLAGS: ${messageOf(cause)}`, cause }))
+    ))
+    const setup = yield* WebGPU.acquire({ flags, requireGpu: auto }).pipe(
+      Effect.mapError((failure) =>
+        new DeviceError({
+          backend: "webgpu",
+          reason: failure.reason,
+          cause: failure.noAdapter === true || failure.cpuEmulation === true ? noGpuHere : failure.cause
+        })
+      )
+    )
+    if (setup.cpuEmulation) {
+      yield* Effect.logInfo(
+        `Device: webgpu runs on ${setup.name}, a CPU emulation (${setup.featureLevel} feature level): expect it slower than wasm`
+      )
+    } else {
+      yield* Effect.logInfo(`Device: webgpu adapter ${setup.name}`)
+    }
+    return { isGpu: !setup.cpuEmulation }
+  })
+
+/**
+ * The cause of a webgpu failure that is the normal case on a machine without a GPU
+ * (no adapter, or only a CPU emulation): `auto` logs it at info level, not as a warning.
+ */
+const noGpuHere = { reason: "no GPU adapter on this machine" } as const
+
+/** Makes `name` the active backend, with everything it needs registered. */
+const activate = (name: BackendName, options: Options, auto: boolean): Effect.Effect<Activated, DeviceError, Scope.Scope> =>
+  Effect.gen(function*() {
+    let activated: Activated = { isGpu: false }
     if (name === "tensorflow") yield* loadTensorflow
+    if (name === "webgpu") activated = yield* activateWebGPU(options, auto)
     if (name === "wasm") {
       yield* Effect.try({
         try: () => WasmKernels.register(),
-        catch: (cause) =>
-          new DeviceError({ backend: name, reason: `registering wasm kernels failed: ${messageOf(cause)}`, cause })
+        catch: (cause) => new DeviceError({ backend: name, reason: `registering wasm kernels failed: ${messageOf(cause)}`, cause })
       })
     }
     yield* setBackend(name)
@@ -180,31 +235,53 @@ const activate = (name: BackendName): Effect.Effect<void, DeviceError> =>
       const backend = tf.backend() as unknown as { firstUse?: boolean }
       if (typeof backend.firstUse === "boolean") backend.firstUse = false
     }
+    return name === "tensorflow" ? { isGpu: isUsingGpu(name) } : activated
   })
 
 /**
- * Brings up the first backend of `auto`'s order that works, logging each fallback
- * that is worth a warning; an optional native package that is simply not installed
- * is expected, and only noted on the backend line (`backend: wasm (tfjs-node not
- * installed)`).
+ * Runs `self` in a child scope of the current one that is closed at once when `self`
+ * fails: what a failed set-up acquired is released before anything else is tried;
+ * what one that succeeds acquired lives as long as the Device.
  */
-const activateAuto: Effect.Effect<{ readonly backend: BackendName; readonly note: string | undefined }, DeviceError> = Effect.suspend(() => {
+const releasedOnFailure = <A, E>(self: Effect.Effect<A, E, Scope.Scope>): Effect.Effect<A, E, Scope.Scope> =>
+  Effect.gen(function*() {
+    const child = yield* Scope.fork(yield* Effect.scope)
+    return yield* self.pipe(
+      Scope.provide(child),
+      Effect.onExit((exit) => exit._tag === "Failure" ? Scope.close(child, exit) : Effect.void)
+    )
+  })
+
+/** The backend that came up, what it found, and notes for the backend line. */
+type Chosen = readonly [BackendName, Activated, ReadonlyArray<string>]
+
+/**
+ * Brings up the first backend of `auto`'s order that works, logging each fallback
+ * that is worth a warning; an optional native package that is simply not installed,
+ * or no GPU adapter, is expected, and only noted on the backend line (`backend: wasm
+ * (tfjs-node not installed, no GPU adapter)`).
+ */
+const activateAuto = (options: Options): Effect.Effect<Chosen, DeviceError, Scope.Scope> => {
   const reasons: Array<string> = []
-  let note: string | undefined
-  const tryNext = (index: number): Effect.Effect<{ readonly backend: BackendName; readonly note: string | undefined }, DeviceError> => {
+  const notes: Array<string> = []
+  const tryNext = (index: number): Effect.Effect<Chosen, DeviceError, Scope.Scope> => {
     const name = backendNames[index]
     if (name === undefined) {
       return Effect.fail(new DeviceError({ backend: "auto", reason: `no backend comes up: ${reasons.join("; ")}` }))
     }
     const next = backendNames[index + 1]
-    return activate(name).pipe(
-      Effect.map(() => ({ backend: name, note })),
+    return releasedOnFailure(activate(name, options, true)).pipe(
+      Effect.map((activated): Chosen => [name, activated, notes]),
       Effect.catch((error) => {
         reasons.push(`${name}: ${error.reason}`)
         const causes = Array.isArray(error.cause) ? error.cause : [error.cause]
         // An optional package that is simply absent is expected; anything else is worth a warning.
         if (name === "tensorflow" && causes.every(isNotInstalled)) {
-          note = "tfjs-node not installed"
+          notes.push("tfjs-node not installed")
+          return Effect.logDebug(`Device: backend ${name} unavailable (${error.reason})`).pipe(Effect.andThen(tryNext(index + 1)))
+        }
+        if (name === "webgpu" && (error.cause === noGpuHere || causes.every(isNotInstalled))) {
+          notes.push(error.cause === noGpuHere ? "no GPU adapter" : "webgpu not installed")
           return Effect.logDebug(`Device: backend ${name} unavailable (${error.reason})`).pipe(Effect.andThen(tryNext(index + 1)))
         }
         const line = `Device: backend ${name} unavailable (${error.reason})` +
@@ -213,8 +290,8 @@ const activateAuto: Effect.Effect<{ readonly backend: BackendName; readonly note
       })
     )
   }
-  return tryNext(0)
-})
+  return Effect.suspend(() => tryNext(0))
+}
 
 // ---------------------------------------------------------------------------
 // The one live Device
@@ -340,15 +417,22 @@ const isTfDType = (dtype: string): dtype is TfDType => Object.hasOwn(hostDTypes,
 
 const isTfHostDType = (dtype: string): dtype is TfHostDType => Object.hasOwn(tfDTypes, dtype)
 
-/** Does `dataSync()` of this tensor return a fresh array? Only when wasm owns its data (it slices the heap). */
+/** Does `data()` of this tensor return a fresh array? Only when wasm owns its data (it slices the heap). */
 const readsFreshCopy = (tensor: tf.Tensor): boolean => {
   const engine = tf.engine()
   const owner = engine.state.tensorInfo.get(tensor.dataId)?.backend
   return owner !== undefined && owner === engine.registry["wasm"]
 }
 
-const snapshot = (tensor: tf.Tensor, dtype: TfDType): HostTensor => {
-  const data = tensor.dataSync()
+/**
+ * Reads a tensor into a host tensor. Asynchronously: `webgpu` cannot read
+ * synchronously (`dataSync()` needs an `OffscreenCanvas`), and on the others
+ * `data()` returns what `dataSync()` does.
+ */
+const snapshot = (tensor: tf.Tensor, dtype: TfDType): Promise<HostTensor> =>
+  tensor.data().then((data) => copied(tensor, dtype, data as tf.TypedArray))
+
+const copied = (tensor: tf.Tensor, dtype: TfDType, data: tf.TypedArray): HostTensor => {
   const fresh = readsFreshCopy(tensor)
   const shape = [...tensor.shape]
   switch (dtype) {
@@ -363,9 +447,8 @@ const snapshot = (tensor: tf.Tensor, dtype: TfDType): HostTensor => {
 
 const expectedArray = { F32: Float32Array, I32: Int32Array, BOOL: Uint8Array } as const
 
-const make_ = (backend: BackendName, run: Run): DeviceShape => {
-  const released = (operation: string) =>
-    new DeviceError({ backend, reason: `${operation} on a Device that was released` })
+const make_ = (backend: BackendName, run: Run, isGpu: boolean): DeviceShape => {
+  const released = (operation: string) => new DeviceError({ backend, reason: `${operation} on a Device that was released` })
 
   const stage = Effect.fn("Device.stage")(function*(tensors: Readonly<Record<string, tf.Tensor>>) {
     if (run.released) return yield* released("stage")
@@ -382,7 +465,7 @@ const make_ = (backend: BackendName, run: Run): DeviceShape => {
       if (tensor.isDisposed) {
         return yield* new DeviceError({ backend, reason: `cannot stage tensor "${name}": it is disposed` })
       }
-      staged[name] = yield* Effect.try({
+      staged[name] = yield* Effect.tryPromise({
         try: () => snapshot(tensor, dtype),
         catch: (cause) => new DeviceError({ backend, reason: `cannot stage tensor "${name}": ${messageOf(cause)}`, cause })
       })
@@ -436,42 +519,51 @@ const make_ = (backend: BackendName, run: Run): DeviceShape => {
     })
   })
 
-  return { tf, backend, isGpu: isUsingGpu(backend), stage, upload }
+  return { tf, backend, isGpu, stage, upload }
 }
 
 /**
  * Acquires a `Device` in the current scope: claims the process's one live slot,
  * brings up the backend (`choice`, default `auto`: tfjs-node-gpu, then tfjs-node,
- * then wasm, then cpu), and starts a tfjs scope. Closing the scope ends it: the
+ * then webgpu on a real GPU, then wasm, then cpu), and starts a tfjs scope. Closing the scope ends it: the
  * tensors and variables the run created are disposed, a warning is logged if the
  * tensor count is still above where it was at acquire, and the slot is freed.
  */
-export const make: (choice?: BackendChoice) => Effect.Effect<DeviceShape, DeviceError, Scope.Scope> = Effect.fn(
+export const make: (choice?: BackendChoice, options?: Options) => Effect.Effect<DeviceShape, DeviceError, Scope.Scope> = Effect.fn(
   "Device.make"
-)(function*(choice: BackendChoice = "auto") {
+)(function*(choice: BackendChoice = "auto", options: Options = {}) {
   return yield* Effect.acquireRelease(
     Effect.gen(function*() {
       yield* claim(choice)
-      const { backend, note } = yield* (choice === "auto" ? activateAuto : Effect.as(activate(choice), { backend: choice, note: undefined })).pipe(
-        Effect.onError(() => unclaim)
-      )
-      const notes = [isUsingGpu(backend) ? "on a GPU" : undefined, note].filter((n) => n !== undefined)
-      yield* Effect.logInfo(`backend: ${backend}${notes.length === 0 ? "" : ` (${notes.join(", ")})`}`)
+      // The backend's own resources (webgpu's GPU device) are released after the run's
+      // tensors: their finalizers are added to the scope before the run's.
+      const [backend, activated, notes] = yield* (choice === "auto"
+        ? activateAuto(options)
+        : releasedOnFailure(activate(choice, options, false)).pipe(
+          Effect.map((activated): Chosen => [choice, activated, []])
+        )).pipe(Effect.onError(() => unclaim))
+      const all = [activated.isGpu ? "on a GPU" : undefined, ...notes].filter((n) => n !== undefined)
+      yield* Effect.logInfo(`backend: ${backend}${all.length === 0 ? "" : ` (${all.join(", ")})`}`)
       const run = startRun(backend)
-      return { run, shape: make_(backend, run) }
+      return { run, shape: make_(backend, run, activated.isGpu) }
     }),
     ({ run }) => endRun(run)
   ).pipe(Effect.map(({ shape }) => shape))
 })
 
-/** The `Device` on `choice` (default `auto`), for the Layer's scope. */
-export const layer = (choice: BackendChoice = "auto"): Layer.Layer<Device, DeviceError> => Layer.effect(Device, make(choice))
+/** The `Device` on `choice` (default `auto`), for the Layer's scope; `options` as for `make`. */
+export const layer = (choice: BackendChoice = "auto", options: Options = {}): Layer.Layer<Device, DeviceError> =>
+  Layer.effect(Device, make(choice, options))
 
 /** The backend choice from the environment variable `EFFECT_TRAINER_BACKEND` (default `auto`). */
 export const backendConfig: Config.Config<BackendChoice> = Config.Literals(backendChoices, "EFFECT_TRAINER_BACKEND")
   .pipe(Config.withDefault("auto" as const))
 
-/** The `Device` on the backend `EFFECT_TRAINER_BACKEND` names (`auto`, `tensorflow`, `wasm`, `cpu`; default `auto`). */
+/**
+ * The `Device` on the backend `EFFECT_TRAINER_BACKEND` names (`auto`, `tensorflow`,
+ * `webgpu`, `wasm`, `cpu`; default `auto`); `webgpu`'s Dawn toggles from
+ * `EFFECT_TRAINER_WEBGPU_FLAGS`.
+ */
 export const layerConfig: Layer.Layer<Device, DeviceError | Config.ConfigError> = Layer.effect(
   Device,
   Effect.flatMap(backendConfig, make)

@@ -144,30 +144,36 @@ const clipGradients = (tf: DeviceShape["tf"], grads: tf.NamedTensorMap, options:
   })
 }
 
-/** The step of a single device: tfjs's own minimize, or gradients, clipping and apply. */
+/**
+ * The step of a single device: tfjs's own minimize, or gradients, clipping and apply;
+ * then the loss is read with `await data()` (`webgpu` cannot read synchronously).
+ */
 const trainingStep = (device: DeviceShape): StrategyShape["trainingStep"] => (model, optimizer, loss, options) =>
   Effect.try({
-    try: () => {
+    try: (): tf.Tensor => {
       const { tf } = device
       // LayerVariable.read() is the variable itself, as tfjs-layers passes to minimize.
       const varList = model.trainableWeights.map((w) => w.read() as tf.Variable)
       if (options.gradientClipVal === undefined) {
         const cost = optimizer.minimize(loss, true, varList)
         if (cost === null) throw new Error("the optimizer returned no loss")
-        const value = cost.dataSync()[0]!
-        cost.dispose()
-        return value
+        return cost
       }
       const { grads, value } = optimizer.computeGradients(loss, varList)
       const clipped = clipGradients(tf, grads, options)
       optimizer.applyGradients(clipped)
       tf.dispose([...Object.values(grads), ...Object.values(clipped)])
-      const result = value.dataSync()[0]!
-      value.dispose()
-      return result
+      return value
     },
     catch: (cause) => new StepError({ step: "training step", reason: messageOf(cause), cause })
-  })
+  }).pipe(
+    Effect.flatMap((cost) =>
+      Effect.tryPromise({
+        try: () => cost.data().then((data) => data[0] as number),
+        catch: (cause) => new StepError({ step: "training step", reason: `reading the loss: ${messageOf(cause)}`, cause })
+      }).pipe(Effect.ensuring(Effect.sync(() => cost.dispose())))
+    )
+  )
 
 const computeGradients = (device: DeviceShape): StrategyShape["computeGradients"] => (model, loss, scale) =>
   Effect.try({
@@ -180,12 +186,21 @@ const computeGradients = (device: DeviceShape): StrategyShape["computeGradients"
         return scale === 1 ? raw : tf.mul(raw, tf.scalar(scale))
       }, varList)
       value.dispose()
-      const result = raw!.dataSync()[0]!
-      raw!.dispose()
-      return { loss: result, grads: varList.map((v) => grads[v.name]!) }
+      return { raw: raw!, grads: varList.map((v) => grads[v.name]!) }
     },
     catch: (cause) => new StepError({ step: "training step (gradients)", reason: messageOf(cause), cause })
-  })
+  }).pipe(
+    // Read with `await data()`, as the step does (`webgpu` cannot read synchronously).
+    Effect.flatMap(({ grads, raw }) =>
+      Effect.tryPromise({
+        try: () => raw.data().then((data) => ({ loss: data[0] as number, grads })),
+        catch: (cause) => {
+          device.tf.dispose(grads)
+          return new StepError({ step: "training step (gradients)", reason: `reading the loss: ${messageOf(cause)}`, cause })
+        }
+      }).pipe(Effect.ensuring(Effect.sync(() => raw.dispose())))
+    )
+  )
 
 const applyGradients = (device: DeviceShape): StrategyShape["applyGradients"] => (model, optimizer, grads, options) =>
   Effect.try({

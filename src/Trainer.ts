@@ -248,6 +248,11 @@ interface Accumulator {
 class Metrics {
   readonly step = new Map<string, number>()
   readonly epoch = new Map<string, Accumulator>()
+  /**
+   * Tensors logged during the step that runs now, recorded when it ends (`withLogs`):
+   * they are read with `await data()`, since `webgpu` cannot read synchronously.
+   */
+  readonly pending: Array<{ readonly name: string; readonly tensor: tf.Tensor; readonly options: LogOptions | undefined }> = []
   readonly training: boolean
   constructor(training: boolean) {
     this.training = training
@@ -609,8 +614,9 @@ export const make = <E = never, R = never>(
     const stepContext = (metrics: Metrics): StepContext => ({
       tf: tfjs,
       log: (name, value, logOptions) => {
-        const v = typeof value === "number" ? value : value.dataSync()[0]!
-        metrics.record(name, v, logOptions)
+        if (typeof value === "number") return metrics.record(name, value, logOptions)
+        // A clone kept past the step's tf.tidy, so that the step may dispose its own.
+        metrics.pending.push({ name, tensor: tfjs.keep(value.clone()), options: logOptions })
       },
       tensor: (host) =>
         tfjs.tensor(
@@ -628,6 +634,28 @@ export const make = <E = never, R = never>(
         return loop.batchIdx
       }
     })
+
+    /**
+     * Runs a step, then records the tensors it logged (read asynchronously, in the
+     * order logged) and disposes them, also when the step fails.
+     */
+    const withLogs = <A, E>(metrics: Metrics, what: string, step: Effect.Effect<A, E>) =>
+      step.pipe(
+        Effect.tap(() =>
+          Effect.tryPromise({
+            try: () => Promise.all(metrics.pending.map(({ tensor }) => tensor.data())),
+            catch: (cause) => new Callback.CallbackError({ callback: what, reason: `reading a logged value: ${messageOf(cause)}`, cause })
+          }).pipe(
+            Effect.map((values) =>
+              metrics.pending.forEach(({ name, options }, i) => metrics.record(name, values[i]![0] as number, options))
+            )
+          )
+        ),
+        Effect.ensuring(Effect.sync(() => {
+          for (const { tensor } of metrics.pending) tensor.dispose()
+          metrics.pending.length = 0
+        }))
+      )
 
     const runStep = <A>(what: string, f: () => A) =>
       Effect.try({
@@ -847,7 +875,8 @@ export const make = <E = never, R = never>(
             Effect.gen(function*() {
               loop.batchIdx = index
               yield* call(batchStart, index)
-              yield* runStep(`${module.name}.${kind}Step`, () => step(model, batch, ctx))
+              const what = `${module.name}.${kind}Step`
+              yield* withLogs(metrics, what, runStep(what, () => step(model, batch, ctx)))
               yield* call(batchEnd, index)
               index++
               return index < limit
@@ -971,10 +1000,10 @@ export const make = <E = never, R = never>(
                   let loss: number
                   let stepped = true
                   if (n === 1 && loop.accumulated === undefined) {
-                    loss = yield* strategy.trainingStep(model, optimizer, userLoss, stepOptions)
+                    loss = yield* withLogs(metrics, `${module.name}.trainingStep`, strategy.trainingStep(model, optimizer, userLoss, stepOptions))
                   } else {
                     // Accumulation: sum the gradients of loss / n, one optimizer step per window.
-                    const computed = yield* strategy.computeGradients(model, userLoss, 1 / n)
+                    const computed = yield* withLogs(metrics, `${module.name}.trainingStep`, strategy.computeGradients(model, userLoss, 1 / n))
                     loss = computed.loss
                     loop.accumulated = GradientAccumulation.add(tfjs, loop.accumulated, computed.grads)
                     stepped = GradientAccumulation.endsWindow(index, n, perEpoch)
@@ -1131,7 +1160,8 @@ export const make = <E = never, R = never>(
           return yield* new TrainerConfigError({ reason: "predict needs DataModule.predict and TrainingModule.predictStep" })
         }
         const step = module.predictStep
-        const ctx = stepContext(new Metrics(false))
+        const metrics = new Metrics(false)
+        const ctx = stepContext(metrics)
         const limit = resolveLimit(options.limitPredictBatches, undefined)
         const outputs: Array<HostTensor> = []
         if (limit === 0) return outputs
@@ -1140,7 +1170,8 @@ export const make = <E = never, R = never>(
         yield* Stream.runForEachWhile(data.predict(), (batch) =>
           Effect.gen(function*() {
             loop.batchIdx = index
-            const out = yield* runStep(`${module.name}.predictStep`, () => step(model, batch, ctx))
+            const what = `${module.name}.predictStep`
+            const out = yield* withLogs(metrics, what, runStep(what, () => step(model, batch, ctx)))
             const staged = yield* device.stage({ out }).pipe(Effect.ensuring(Effect.sync(() => out.dispose())))
             outputs.push(staged["out"]!)
             yield* call("onPredictBatchEnd", index)

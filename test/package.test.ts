@@ -16,10 +16,11 @@ const pkg = JSON.parse(readFileSync(path.join(repo, "package.json"), "utf8")) as
   bin?: Record<string, string>
 }
 /**
- * Modules that import an optional peer dependency (S3CheckpointIO: `@aws-sdk/client-s3`):
+ * Modules that import an optional peer dependency (S3CheckpointIO: `@aws-sdk/client-s3`;
+ * WebGPU: `webgpu` and `@tensorflow/tfjs-backend-webgpu`):
  * reachable only by their subpath (`effect-trainer/S3CheckpointIO`), never from the index.
  */
-const optionalPeerModules: ReadonlyArray<string> = ["S3CheckpointIO"]
+const optionalPeerModules: ReadonlyArray<string> = ["S3CheckpointIO", "WebGPU"]
 
 const modules = readdirSync(path.join(repo, "src"))
   .filter((f) => f.endsWith(".ts") && f !== "index.ts")
