@@ -427,8 +427,8 @@ describe("Device", () => {
         assert.isFalse(warn.mock.calls.some((args) => String(args[0]).includes("Hi, looks like")), "no tfjs banner")
         lines.length = 0
         yield* withDevice("auto", () => Effect.void).pipe(Effect.provideService(Logger.CurrentLoggers, new Set([capture])))
-        // tfjs-node is not installed here: auto comes up on wasm, in one line.
-        assert.deepStrictEqual(lines, ["Info backend: wasm (tfjs-node not installed)"])
+        // tfjs-node is not installed here and no GPU answers: auto comes up on wasm, in one line.
+        assert.deepStrictEqual(lines, ["Info backend: wasm (tfjs-node not installed, no GPU adapter)"])
       } finally {
         warn.mockRestore()
       }

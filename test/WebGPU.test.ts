@@ -8,7 +8,7 @@
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import type * as tf from "@tensorflow/tfjs"
-import { Effect, Layer, Logger } from "effect"
+import { Effect, Layer, Logger, References } from "effect"
 import * as AsyncCheckpointIO from "../src/AsyncCheckpointIO.ts"
 import type * as Callback from "../src/Callback.ts"
 import type { HostTensor } from "../src/Checkpoint.ts"
@@ -35,6 +35,7 @@ const logsOf = <A, E, R>(self: Effect.Effect<A, E, R>) => {
   })
   return self.pipe(
     Effect.provideService(Logger.CurrentLoggers, new Set([capture])),
+    Effect.provideService(References.MinimumLogLevel, "Debug"),
     Effect.map((a) => [a, lines] as const)
   )
 }
@@ -117,7 +118,7 @@ describe("WebGPU (issue 19)", () => {
       assert.strictEqual(device.backend, "wasm")
     }))
 
-  it.effect("issue 19: auto skips webgpu at info level when no adapter answers, and lands on wasm", () =>
+  it.effect("issue 19: auto skips webgpu when no adapter answers, noted on the backend line, and lands on wasm", () =>
     Effect.gen(function*() {
       const [device, lines] = yield* logsOf(
         Effect.scoped(Device.make("auto", { webgpuFlags: ["adapter=no-such-gpu-for-effect-trainer"] }))
@@ -125,8 +126,9 @@ describe("WebGPU (issue 19)", () => {
       assert.strictEqual(device.backend, "wasm")
       assert.isFalse(device.isGpu)
       assert.deepStrictEqual(lines.filter((line) => line.startsWith("Warn")), [])
+      assert.isTrue(lines.some((line) => line.startsWith("Info: backend: wasm (") && line.includes("no GPU adapter")), lines.join("\n"))
       assert.isTrue(
-        lines.some((line) => line.startsWith("Info: Device: backend webgpu unavailable (no WebGPU adapter found")),
+        lines.some((line) => line.startsWith("Debug: Device: backend webgpu unavailable (no WebGPU adapter found")),
         lines.join("\n")
       )
     }))
