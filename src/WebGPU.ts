@@ -27,6 +27,7 @@
  * @since 0.2.0
  */
 import * as tf from "@tensorflow/tfjs"
+import { existsSync } from "node:fs"
 import { Config, Effect, type Scope } from "effect"
 
 /** The Dawn toggles used when none are given: Dawn's own default (Vulkan on Linux, Metal, D3D12). */
@@ -182,6 +183,24 @@ const setNavigatorGpu = (gpu: unknown): void => {
 }
 
 /**
+ * Whether the Vulkan loader Dawn uses on Linux can be found (always true elsewhere:
+ * Metal and D3D12 need no loader): `LD_LIBRARY_PATH` and the usual library folders.
+ */
+const vulkanLoaderPresent = (): boolean => {
+  if (process.platform !== "linux") return true
+  const dirs = [
+    ...(process.env["LD_LIBRARY_PATH"] ?? "").split(":").filter((d) => d.length > 0),
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib/x86_64-linux-gnu",
+    "/usr/local/lib"
+  ]
+  return dirs.some((dir) => existsSync(`${dir}/libvulkan.so.1`))
+}
+
+/**
  * Brings the `webgpu` backend up in the current scope (see the module header) and
  * registers it with tfjs under the name `webgpu`; the caller then `tf.setBackend`s
  * it. Fails with a `Failure` when a package is missing, no adapter answers (the
@@ -191,6 +210,11 @@ const setNavigatorGpu = (gpu: unknown): void => {
 export const acquire = (options: Options = {}): Effect.Effect<Setup, Failure, Scope.Scope> =>
   Effect.gen(function*() {
     const flags = [...(options.flags ?? defaultFlags)]
+    // Asked for a real GPU on Linux over Vulkan (auto's probe) where no Vulkan loader is
+    // installed: Dawn would only print "Couldn't load Vulkan" to stderr, on every run.
+    if (options.requireGpu === true && !flags.some((f) => f.startsWith("backend=")) && !vulkanLoaderPresent()) {
+      return yield* Effect.fail<Failure>({ reason: `no Vulkan loader (libvulkan.so.1). ${driverRequirements}`, noAdapter: true })
+    }
     const webgpu = yield* importPackage<WebGpuPackage>("webgpu")
     const previousGpu = navigatorSlot.navigator.gpu
     const gpu = yield* Effect.acquireRelease(
