@@ -43,7 +43,9 @@ const pattern = Float32Array.from({ length: 65521 }, (_, k) => Math.sin(k))
 
 /**
  * A checkpoint of `tensorCount` float32 tensors, `totalBytes` in all, each tensor in
- * its own buffer (as staging makes them), named `model/layer<i>/kernel`.
+ * its own buffer (as staging makes them), named `model/layer<i>/kernel`; above
+ * 100,000 tensors named `w<i>`, so that the header of 1,000,000 tensors (~90 MB)
+ * stays under the format's 100 MB header cap.
  */
 export const makeCheckpoint = (totalBytes: number, tensorCount: number): Checkpoint.Checkpoint => {
   const tensors: Record<string, Checkpoint.HostTensor> = {}
@@ -52,7 +54,7 @@ export const makeCheckpoint = (totalBytes: number, tensorCount: number): Checkpo
     for (let at = 0; at < count; at += pattern.length) data.set(pattern.subarray(0, Math.min(pattern.length, count - at)), at)
     if (count > 0) data[0] = i
     const shape = count % 256 === 0 ? [count / 256, 256] : [count]
-    tensors[`model/layer${i}/kernel`] = Checkpoint.tensor("F32", shape, data)
+    tensors[tensorCount > 100_000 ? `w${i}` : `model/layer${i}/kernel`] = Checkpoint.tensor("F32", shape, data)
   })
   return Checkpoint.make({ tensors, meta: { epoch: 1, globalStep: 1000 } })
 }
@@ -256,11 +258,19 @@ const main = async () => {
   console.log(`checkpoint: ${(bytes / 1048576).toFixed(0)} MiB in ${tensorCount} float32 tensors, ${repeats} repeats, medians`)
   console.log(`raw write+fsync  ${m.rawWrite.toFixed(3)} s  ${mbps(m.rawWrite)}`)
   console.log(`save (crc, fsync) ${m.save.toFixed(3)} s  ${mbps(m.save)}   save_vs_raw = ${result.save_vs_raw.toFixed(3)} (target >= 0.85)`)
-  console.log(`raw write, atomic  ${m.rawAtomic.toFixed(3)} s  ${mbps(m.rawAtomic)}   (new file + fsync + rename + dir fsync; save ÷ it ${(m.rawAtomic / m.save).toFixed(3)})`)
+  console.log(
+    `raw write, atomic  ${m.rawAtomic.toFixed(3)} s  ${mbps(m.rawAtomic)}   (new file + fsync + rename + dir fsync; save ÷ it ${
+      (m.rawAtomic / m.save).toFixed(3)
+    })`
+  )
   console.log(`raw read         ${m.rawRead.toFixed(3)} s  ${mbps(m.rawRead)}`)
   console.log(`load (crc)        ${m.load.toFixed(3)} s  ${mbps(m.load)}   load_vs_raw = ${result.load_vs_raw.toFixed(3)} (target >= 0.70)`)
-  console.log(`spread: save ${samples.save.map((s) => s.toFixed(2)).join(" ")} | raw write ${samples.rawWrite.map((s) => s.toFixed(2)).join(" ")}`)
-  console.log(`spread: load ${samples.load.map((s) => s.toFixed(2)).join(" ")} | raw read ${samples.rawRead.map((s) => s.toFixed(2)).join(" ")}`)
+  console.log(
+    `spread: save ${samples.save.map((s) => s.toFixed(2)).join(" ")} | raw write ${samples.rawWrite.map((s) => s.toFixed(2)).join(" ")}`
+  )
+  console.log(
+    `spread: load ${samples.load.map((s) => s.toFixed(2)).join(" ")} | raw read ${samples.rawRead.map((s) => s.toFixed(2)).join(" ")}`
+  )
   if (values.json !== undefined) {
     await fsp.writeFile(values.json, JSON.stringify(result, null, 2) + "\n")
   }
