@@ -228,7 +228,7 @@ const headerText = (
   push(`${names.length === 0 ? "" : ","}${JSON.stringify(metadataKey)}:{`)
   for (const key of Object.keys(metadata)) push(`${JSON.stringify(key)}:${JSON.stringify(metadata[key])},`)
   push(`${JSON.stringify(crcKey)}:"{`)
-  const crcAt = new Array<number>(names.length)
+  const crcAt = [] as Array<number>
   for (let i = 0; i < names.length; i++) {
     // The map's own JSON (`"name":"digits"`), escaped as the content of a JSON string.
     const escaped = JSON.stringify(`${JSON.stringify(names[i])}:"`).slice(1, -1)
@@ -268,9 +268,9 @@ export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WriteP
   Effect.gen(function*() {
     const metadata = yield* validate(checkpoint, path)
     const names = Object.keys(checkpoint.tensors)
-    const tensors = new Array<PlannedTensor>(names.length)
-    const dtypes = new Array<DType>(names.length)
-    const shapes = new Array<ReadonlyArray<number>>(names.length)
+    const tensors = [] as Array<PlannedTensor>
+    const dtypes = [] as Array<DType>
+    const shapes = [] as Array<ReadonlyArray<number>>
     let offset = 0
     for (let i = 0; i < names.length; i++) {
       const t = checkpoint.tensors[names[i]!]!
@@ -321,7 +321,7 @@ export const plan = (checkpoint: Checkpoint, path: string): Effect.Effect<WriteP
 export const write = <E>(planned: WritePlan, sink: ByteSink<E>): Effect.Effect<void, E> =>
   Effect.gen(function*() {
     const tensors = planned.tensors
-    const crcs = new Array<number>(tensors.length).fill(0)
+    const crcs = [] as Array<number> // filled in tensor order
     let smallBytes = 0
     for (const t of tensors) if (t.bytes.byteLength < smallTensorBytes) smallBytes += t.bytes.byteLength
     const scratchBytes = Math.min(chunkBytes, smallBytes)
@@ -833,7 +833,7 @@ export const readLayout = <E>(source: ByteSource<E>, path: string): Effect.Effec
       return yield* corrupt(`${crcKey} is missing`)
     }
 
-    const tensors = new Array<TensorLayout>(count)
+    const tensors = [] as Array<TensorLayout>
     for (let i = 0; i < count; i++) {
       let crc: Option.Option<number> = Option.none()
       if (crcOf !== undefined) {
@@ -968,7 +968,7 @@ export const read = <E>(
     // starts a new run at the next 8-byte boundary. Gotcha: a tensor kept alive
     // keeps the whole arena alive.
     const count = selected.length
-    const offsets = new Array<number>(count)
+    const offsets = [] as Array<number> // filled in order
     /** Runs of tensors contiguous in both the file and the arena: [first tensor, end). */
     const runs: Array<{ readonly first: number; readonly position: number; readonly at: number; bytes: number }> = []
     let arenaBytes = 0
