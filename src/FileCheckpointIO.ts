@@ -9,7 +9,8 @@
  * 1. create missing directories; clean temporary files left by dead processes;
  * 2. write a temporary file in the same directory (so the rename never crosses a
  *    device), tensor by tensor, never the whole checkpoint in one buffer;
- * 3. fsync it, rename it onto the final name, fsync the directory.
+ * 3. fsync the data (checksumming large tensors meanwhile), write the header, fsync
+ *    again, rename it onto the final name, fsync the directory.
  *
  * A failure or interruption at any step leaves no file under the final name and the
  * previous checkpoint intact (if the directory fsync fails after the rename, the
