@@ -1,11 +1,14 @@
 /**
  * bench:io: FileCheckpointIO save and load of a 256 MB float32 checkpoint (checksums
- * on), as ratios of a raw write+fsync and a raw read of the same bytes on the same
- * disk, measured side by side in one run.
+ * on), as ratios of a raw write+fsync, an atomic raw write and a raw read of the same
+ * bytes on the same disk, and of torch.save / torch.load of the same tensors (when a
+ * Python with torch is found, see bench/torch.ts), measured side by side in one run.
  *
- *   npm run bench:io [-- --mb 256 --tensors 16 --repeats 7 --dir <dir> --json <file>]
+ *   npm run bench:io [-- --mb 256 --tensors 16 --repeats 7 --dir <dir> --json <file> --python <python|none>]
  *
- * Ratios are throughput ratios (raw time ÷ our time): 1.0 means disk speed.
+ * Ratios are throughput ratios (their time ÷ our time): 1.0 means disk speed (or
+ * torch's speed). `--json` writes `save_vs_raw`, `save_vs_atomic`, `load_vs_raw`,
+ * `save_vs_torch`, `load_vs_torch` (null without torch) and `bytes`.
  * The raw write hands the tensors' own memory to `writev` (up to 1024 tensors a
  * call), then fsyncs: the fastest plain way to put the same bytes on disk, whatever
  * the tensor count. The raw read lands in a freshly allocated buffer, as a load must.
@@ -23,6 +26,7 @@ import { parseArgs } from "node:util"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import { CheckpointIO } from "../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
+import { findTorchPython, startTorch, type TorchPeer } from "./torch.ts"
 
 export const median = (xs: ReadonlyArray<number>): number => {
   const s = [...xs].sort((a, b) => a - b)
@@ -43,7 +47,9 @@ const pattern = Float32Array.from({ length: 65521 }, (_, k) => Math.sin(k))
 
 /**
  * A checkpoint of `tensorCount` float32 tensors, `totalBytes` in all, each tensor in
- * its own buffer (as staging makes them), named `model/layer<i>/kernel`.
+ * its own buffer (as staging makes them), named `model/layer<i>/kernel`; above
+ * 100,000 tensors named `w<i>`, so that the header of 1,000,000 tensors (~90 MB)
+ * stays under the format's 100 MB header cap.
  */
 export const makeCheckpoint = (totalBytes: number, tensorCount: number): Checkpoint.Checkpoint => {
   const tensors: Record<string, Checkpoint.HostTensor> = {}
@@ -52,7 +58,7 @@ export const makeCheckpoint = (totalBytes: number, tensorCount: number): Checkpo
     for (let at = 0; at < count; at += pattern.length) data.set(pattern.subarray(0, Math.min(pattern.length, count - at)), at)
     if (count > 0) data[0] = i
     const shape = count % 256 === 0 ? [count / 256, 256] : [count]
-    tensors[`model/layer${i}/kernel`] = Checkpoint.tensor("F32", shape, data)
+    tensors[tensorCount > 100_000 ? `w${i}` : `model/layer${i}/kernel`] = Checkpoint.tensor("F32", shape, data)
   })
   return Checkpoint.make({ tensors, meta: { epoch: 1, globalStep: 1000 } })
 }
@@ -162,7 +168,14 @@ export interface SaveLoadOptions {
   readonly repeats: number
   /** Where the files go (created if missing; the files are removed afterwards). */
   readonly dir: string
+  /** The Python for the torch side (see `findTorchPython`; `none`: no torch side). */
+  readonly python?: string | undefined
 }
+
+/** The torch side: seconds per repeat (timed by Python itself), or why it did not run. */
+export type TorchSamples =
+  | { readonly skipped: string }
+  | { readonly version: string; readonly save: Array<number>; readonly load: Array<number> }
 
 /** Seconds per repeat of each side, in run order (the warm-up round is not included). */
 export interface SaveLoadSamples {
@@ -175,6 +188,7 @@ export interface SaveLoadSamples {
   readonly save: Array<number>
   readonly rawRead: Array<number>
   readonly load: Array<number>
+  readonly torch: TorchSamples
 }
 
 /**
@@ -201,7 +215,38 @@ export const measureSaveLoad = async (options: SaveLoadOptions): Promise<SaveLoa
   await rawRead(rawFile)
   await run(io.load(ckptFile))
 
-  const samples: SaveLoadSamples = { bytes, tensorCount, rawWrite: [], rawAtomic: [], save: [], rawRead: [], load: [] }
+  // torch, when found: the same tensors (read from our file), its own warm-up round.
+  const found = findTorchPython(options.python)
+  const started = "python" in found ? await startTorch(found.python) : found
+  const peer: TorchPeer | undefined = "call" in started ? started : undefined
+  const torchFile = nodePath.join(dir, "bench.pt")
+  const torchSave: Array<number> = []
+  const torchLoad: Array<number> = []
+  const torch = {
+    save: async () => torchSave.push(Number((await peer!.call({ op: "save", path: torchFile }))["seconds"])),
+    load: async () => torchLoad.push(Number((await peer!.call({ op: "load", path: torchFile }))["seconds"]))
+  }
+  if (peer !== undefined) {
+    const prepared = await peer.call({ op: "prepare", source: ckptFile })
+    if (prepared["bytes"] !== bytes) throw new Error(`peer_torch.py read ${String(prepared["bytes"])} bytes, expected ${bytes}`)
+    await torch.save()
+    await torch.load()
+    torchSave.length = 0
+    torchLoad.length = 0
+  }
+
+  const samples: SaveLoadSamples = {
+    bytes,
+    tensorCount,
+    rawWrite: [],
+    rawAtomic: [],
+    save: [],
+    rawRead: [],
+    load: [],
+    torch: peer === undefined
+      ? { skipped: "skipped" in started ? started.skipped : "torch did not start" }
+      : { version: peer.version, save: torchSave, load: torchLoad }
+  }
   try {
     for (let r = 0; r < repeats; r++) {
       // Alternate the order so that drift in the machine's load hits both sides.
@@ -211,7 +256,15 @@ export const measureSaveLoad = async (options: SaveLoadOptions): Promise<SaveLoa
         samples.rawAtomic.push(await time(() => rawAtomicWrite(atomicFile, ckpt)))
         samples.rawRead.push(await time(() => rawRead(rawFile)))
         samples.load.push(await time(() => run(io.load(ckptFile))))
+        if (peer !== undefined) {
+          await torch.save()
+          await torch.load()
+        }
       } else {
+        if (peer !== undefined) {
+          await torch.save()
+          await torch.load()
+        }
         samples.rawAtomic.push(await time(() => rawAtomicWrite(atomicFile, ckpt)))
         samples.save.push(await time(() => run(io.save(ckpt, ckptFile))))
         samples.rawWrite.push(await time(() => rawWrite(rawFile, ckpt)))
@@ -220,6 +273,8 @@ export const measureSaveLoad = async (options: SaveLoadOptions): Promise<SaveLoa
       }
     }
   } finally {
+    if (peer !== undefined) await peer.close()
+    await fsp.rm(torchFile, { force: true })
     await fsp.rm(rawFile, { force: true })
     await fsp.rm(ckptFile, { force: true })
     await fsp.rm(atomicFile, { force: true })
@@ -234,16 +289,23 @@ const main = async () => {
       tensors: { type: "string", default: "16" },
       repeats: { type: "string", default: "7" },
       dir: { type: "string" },
-      json: { type: "string" }
+      json: { type: "string" },
+      python: { type: "string", default: process.env["BENCH_PYTHON"] }
     }
   })
   const tensorCount = Number(values.tensors)
   const repeats = Number(values.repeats)
   const dir = values.dir ?? (await fsp.mkdtemp(nodePath.join(os.tmpdir(), "bench-io-")))
-  const samples = await measureSaveLoad({ totalBytes: Number(values.mb) * 1024 * 1024, tensorCount, repeats, dir })
+  const samples = await measureSaveLoad({
+    totalBytes: Number(values.mb) * 1024 * 1024,
+    tensorCount,
+    repeats,
+    dir,
+    python: values.python
+  })
   if (values.dir === undefined) await fsp.rm(dir, { recursive: true, force: true })
 
-  const { bytes } = samples
+  const { bytes, torch } = samples
   const m = {
     rawWrite: median(samples.rawWrite),
     rawAtomic: median(samples.rawAtomic),
@@ -251,16 +313,38 @@ const main = async () => {
     rawRead: median(samples.rawRead),
     load: median(samples.load)
   }
-  const result = { save_vs_raw: m.rawWrite / m.save, load_vs_raw: m.rawRead / m.load, bytes }
+  const result = {
+    save_vs_raw: m.rawWrite / m.save,
+    save_vs_atomic: m.rawAtomic / m.save,
+    load_vs_raw: m.rawRead / m.load,
+    save_vs_torch: "skipped" in torch ? null : median(torch.save) / m.save,
+    load_vs_torch: "skipped" in torch ? null : median(torch.load) / m.load,
+    bytes
+  }
   const mbps = (s: number) => `${(bytes / s / 1e6).toFixed(0)} MB/s`
+  const spread = (xs: ReadonlyArray<number>) => xs.map((x) => x.toFixed(3)).join(" ")
   console.log(`checkpoint: ${(bytes / 1048576).toFixed(0)} MiB in ${tensorCount} float32 tensors, ${repeats} repeats, medians`)
-  console.log(`raw write+fsync  ${m.rawWrite.toFixed(3)} s  ${mbps(m.rawWrite)}`)
-  console.log(`save (crc, fsync) ${m.save.toFixed(3)} s  ${mbps(m.save)}   save_vs_raw = ${result.save_vs_raw.toFixed(3)} (target >= 0.85)`)
-  console.log(`raw write, atomic  ${m.rawAtomic.toFixed(3)} s  ${mbps(m.rawAtomic)}   (new file + fsync + rename + dir fsync; save ÷ it ${(m.rawAtomic / m.save).toFixed(3)})`)
-  console.log(`raw read         ${m.rawRead.toFixed(3)} s  ${mbps(m.rawRead)}`)
-  console.log(`load (crc)        ${m.load.toFixed(3)} s  ${mbps(m.load)}   load_vs_raw = ${result.load_vs_raw.toFixed(3)} (target >= 0.70)`)
-  console.log(`spread: save ${samples.save.map((s) => s.toFixed(2)).join(" ")} | raw write ${samples.rawWrite.map((s) => s.toFixed(2)).join(" ")}`)
-  console.log(`spread: load ${samples.load.map((s) => s.toFixed(2)).join(" ")} | raw read ${samples.rawRead.map((s) => s.toFixed(2)).join(" ")}`)
+  console.log(`raw write+fsync   ${m.rawWrite.toFixed(3)} s  ${mbps(m.rawWrite)}`)
+  console.log(
+    `raw write, atomic ${m.rawAtomic.toFixed(3)} s  ${mbps(m.rawAtomic)}   (new file + fsync + rename + dir fsync)`
+  )
+  console.log(
+    `save (crc, fsync) ${m.save.toFixed(3)} s  ${mbps(m.save)}   save_vs_raw = ${result.save_vs_raw.toFixed(3)} (target >= 0.85), ` +
+      `save_vs_atomic = ${result.save_vs_atomic.toFixed(3)} (target >= 0.95)`
+  )
+  console.log(`raw read          ${m.rawRead.toFixed(3)} s  ${mbps(m.rawRead)}`)
+  console.log(`load (crc)        ${m.load.toFixed(3)} s  ${mbps(m.load)}   load_vs_raw = ${result.load_vs_raw.toFixed(3)} (target >= 0.85)`)
+  if ("skipped" in torch) {
+    console.log(`torch: skipped (${torch.skipped})`)
+  } else {
+    console.log(
+      `torch ${torch.version}: save ${median(torch.save).toFixed(3)} s (save_vs_torch = ${result.save_vs_torch!.toFixed(3)}), ` +
+        `load ${median(torch.load).toFixed(3)} s (load_vs_torch = ${result.load_vs_torch!.toFixed(3)}) (targets >= 1)`
+    )
+  }
+  console.log(`spread: save ${spread(samples.save)} | raw write ${spread(samples.rawWrite)} | atomic ${spread(samples.rawAtomic)}`)
+  console.log(`spread: load ${spread(samples.load)} | raw read ${spread(samples.rawRead)}`)
+  if (!("skipped" in torch)) console.log(`spread: torch.save ${spread(torch.save)} | torch.load ${spread(torch.load)}`)
   if (values.json !== undefined) {
     await fsp.writeFile(values.json, JSON.stringify(result, null, 2) + "\n")
   }

@@ -2,7 +2,7 @@
  * bench/peers.ts: our save and load (FileCheckpointIO, checksums on) against other
  * libraries' own paths, on the same tensors, the same disk, in the same run.
  *
- *   node --expose-gc bench/peers.ts [--mb 256 --tensors 16 --repeats 5 --dir <dir> --python python3 --json <file>]
+ *   node --expose-gc bench/peers.ts [--mb 256 --tensors 16 --repeats 5 --dir <dir> --python <python|none> --json <file>]
  *
  * - tfjs: TensorFlow.js's own saving path: `tf.io.encodeWeights` of the tensors
  *   (which gathers them into one new buffer), then a write of `weights.bin` and
@@ -14,7 +14,8 @@
  * - torch: `torch.save` (with flush and fsync) and `torch.load` of the same tensors
  *   as a dict of torch tensors, run by `bench/peer_torch.py` in a python3 process
  *   started once and driven line by line, so its timings interleave with ours.
- *   Without a python3 that imports torch it prints one line and records a skip.
+ *   The Python is the first of `python3` and `/usr/bin/python3` that imports torch
+ *   (see bench/torch.ts); without one it prints one line and records a skip.
  *
  * Ratios are peer time ÷ our time: 1.0 or more means we are at least as fast.
  * Each round rotates which side goes first; garbage is collected before each timing.
@@ -23,16 +24,15 @@
  */
 import type * as tfType from "@tensorflow/tfjs"
 import { Effect } from "effect"
-import { spawn } from "node:child_process"
 import * as fsp from "node:fs/promises"
 import * as os from "node:os"
 import * as nodePath from "node:path"
-import * as readline from "node:readline"
 import { parseArgs } from "node:util"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import { CheckpointIO } from "../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import { makeCheckpoint, median, rawRead, time } from "./io.ts"
+import { findTorchPython, startTorch } from "./torch.ts"
 
 export interface PeerOptions {
   readonly totalBytes: number
@@ -40,7 +40,7 @@ export interface PeerOptions {
   readonly repeats: number
   /** Where the files go (created if missing; the files are removed afterwards). */
   readonly dir: string
-  /** The Python interpreter for the torch side (default `python3`). */
+  /** The Python for the torch side (default: the first of `python3`, `/usr/bin/python3` with torch; `none`: no torch side). */
   readonly python?: string | undefined
 }
 
@@ -104,52 +104,6 @@ const tfjsLoad = async (tf: typeof tfType, dir: string) => {
 }
 
 // ---------------------------------------------------------------------------
-// PyTorch, through bench/peer_torch.py
-
-interface TorchPeer {
-  readonly version: string
-  readonly call: (message: Record<string, unknown>) => Promise<Record<string, unknown>>
-  readonly close: () => Promise<void>
-}
-
-const torchScript = nodePath.join(import.meta.dirname, "peer_torch.py")
-
-/** Starts the Python side; `skipped` says why there is none. */
-const startTorch = async (python: string): Promise<TorchPeer | { readonly skipped: string }> => {
-  const child = spawn(python, [torchScript], { stdio: ["pipe", "pipe", "inherit"] })
-  const spawned = new Promise<string | undefined>((resolve) => {
-    child.once("spawn", () => resolve(undefined))
-    child.once("error", (error) => resolve(`${python}: ${error.message}`))
-  })
-  const failure = await spawned
-  if (failure !== undefined) return { skipped: `${python} is not available (${failure})` }
-  const lines = readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]()
-  const next = async (): Promise<Record<string, unknown>> => {
-    const { done, value } = await lines.next()
-    if (done === true) throw new Error("peer_torch.py ended without an answer")
-    return JSON.parse(value as string) as Record<string, unknown>
-  }
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-  const hello = await next().catch((error: Error) => ({ skipped: `peer_torch.py failed to start: ${error.message}` }))
-  if ("skipped" in hello) {
-    child.stdin.end()
-    await exited
-    return { skipped: String(hello["skipped"]) }
-  }
-  const call = async (message: Record<string, unknown>) => {
-    child.stdin.write(JSON.stringify(message) + "\n")
-    const answer = await next()
-    if ("error" in answer) throw new Error(`peer_torch.py ${String(message["op"])}: ${String(answer["error"])}`)
-    return answer
-  }
-  const close = async () => {
-    child.stdin.end(JSON.stringify({ op: "quit" }) + "\n")
-    await exited
-  }
-  return { version: String(hello["torch"]), call, close }
-}
-
-// ---------------------------------------------------------------------------
 
 /**
  * Save and load of one checkpoint by us, by tfjs and (when importable) by torch:
@@ -179,7 +133,8 @@ export const measurePeers = async (options: PeerOptions): Promise<PeerSamples> =
   ]
   // Ours first, so that the torch side can read the tensors from our file.
   await sides[0]!.save()
-  const torch = await startTorch(options.python ?? "python3")
+  const found = findTorchPython(options.python)
+  const torch = "python" in found ? await startTorch(found.python) : found
   const torchSeconds = { save: [] as Array<number>, load: [] as Array<number> }
   if ("call" in torch) {
     const peer = torch
@@ -245,7 +200,7 @@ const main = async () => {
       tensors: { type: "string", default: "16" },
       repeats: { type: "string", default: "5" },
       dir: { type: "string" },
-      python: { type: "string", default: process.env["BENCH_PYTHON"] ?? "python3" },
+      python: { type: "string", default: process.env["BENCH_PYTHON"] },
       json: { type: "string" }
     }
   })

@@ -5,7 +5,7 @@
  *
  *   npm run bench [-- --quick] [--out bench/results] [--dir <scratch dir>]
  *                 [--only io-size,io-count,async,trainer,peers] [--repeats N]
- *                 [--python python3] [--cpu-prof]
+ *                 [--python <python|none>] [--cpu-prof]
  *
  * Writes `<out>/latest.json` (every ratio with its samples, the raw samples of each
  * part, the machine) and `<out>/latest.md` (the table a reader sees), and prints the
@@ -17,9 +17,11 @@
  * file with `--child`):
  *
  * - io-size, io-count (bench/io.ts): FileCheckpointIO save and load, checksums on,
- *   throughput ÷ a raw write+fsync and ÷ a raw read of the same bytes, for 16 MB to
- *   1 GB in 16 tensors, and for 1 to 10,000 tensors of 64 MB in all; for context,
- *   save ÷ an atomic raw write (new file, fsync, rename, directory fsync).
+ *   throughput ÷ a raw write+fsync, ÷ an atomic raw write (new file, fsync, rename,
+ *   directory fsync) and ÷ a raw read of the same bytes, for 16 MB to 1 GB in 16
+ *   tensors, and for 1 to 1,000,000 tensors of 64 MB in all (1,000,000 in the full
+ *   run only, with its load time); torch.save / torch.load of the same tensors too,
+ *   up to 10,000 tensors, in the full run.
  * - async (bench/async.ts): AsyncCheckpointIO's blocking time and background save
  *   time ÷ a synchronous save, the step time of a CPU-bound loop during a background
  *   save ÷ without one, the peak extra memory (RSS, ArrayBuffers) ÷ checkpoint size.
@@ -27,8 +29,9 @@
  *   MLP and CNN, on wasm, cpu and (when @tensorflow/tfjs-node loads) tensorflow.
  * - peers (bench/peers.ts): our save and load times against tfjs's own path
  *   (`tf.io.encodeWeights` + model.json/weights.bin, `tf.io.decodeWeights`) and
- *   PyTorch's `torch.save` / `torch.load` (bench/peer_torch.py; skipped, with one
- *   line saying so, when python3 has no torch) on the same tensors and disk.
+ *   PyTorch's `torch.save` / `torch.load` (bench/peer_torch.py, on the first of
+ *   `python3` and `/usr/bin/python3` that imports torch, see bench/torch.ts; skipped,
+ *   with one line saying so, when none does) on the same tensors and disk.
  *
  * A ratio is computed per repeat from runs made side by side (interleaved, the
  * order alternating), then summarised by its median and its min–max; a target
@@ -55,8 +58,10 @@ type CaseName = "mlp" | "cnn"
 interface IoJob {
   readonly kind: "io"
   readonly name: "io-size" | "io-count"
-  readonly cases: ReadonlyArray<{ readonly mb: number; readonly tensors: number }>
+  readonly cases: ReadonlyArray<{ readonly mb: number; readonly tensors: number; readonly torch: boolean }>
   readonly repeats: number
+  /** The Python for the torch side (undefined: search; `none`: no torch side). */
+  readonly python: string | undefined
 }
 interface AsyncJob {
   readonly kind: "async"
@@ -79,24 +84,32 @@ interface PeersJob {
   readonly name: "peers"
   readonly cases: ReadonlyArray<{ readonly mb: number; readonly tensors: number }>
   readonly repeats: number
-  readonly python: string
+  readonly python: string | undefined
 }
 type Job = IoJob | AsyncJob | TrainerJob | PeersJob
 
-const plan = (quick: boolean, repeats: number | undefined, python: string): Array<Job> => {
+const plan = (quick: boolean, repeats: number | undefined, python: string | undefined): Array<Job> => {
   const r = (full: number, fast: number) => repeats ?? (quick ? fast : full)
   return [
     {
       kind: "io",
       name: "io-size",
-      cases: (quick ? [4, 16] : [16, 64, 256, 1024]).map((mb) => ({ mb, tensors: 16 })),
-      repeats: r(5, 3)
+      // torch in the full run only (starting Python and importing torch takes seconds).
+      cases: (quick ? [4, 16] : [16, 64, 256, 1024]).map((mb) => ({ mb, tensors: 16, torch: !quick })),
+      repeats: r(5, 3),
+      python
     },
     {
       kind: "io",
       name: "io-count",
-      cases: [1, 10, 100, 1000, 10000].map((tensors) => ({ mb: quick ? 4 : 64, tensors })),
-      repeats: r(5, 3)
+      // 1,000,000 tensors: a header of ~90 MB; torch pickles a million tensors for minutes.
+      cases: [1, 10, 100, 1000, 10000, ...(quick ? [] : [1_000_000])].map((tensors) => ({
+        mb: quick ? 4 : 64,
+        tensors,
+        torch: !quick && tensors <= 10000
+      })),
+      repeats: r(5, 3),
+      python
     },
     { kind: "async", name: "async", mb: quick ? 16 : 256, tensors: 16, repeats: r(5, 2) },
     ...(["wasm", "cpu", "tensorflow"] as const).map((backend): TrainerJob => {
@@ -134,7 +147,13 @@ const runChild = async (job: Job, dir: string): Promise<unknown> => {
       const { measureSaveLoad, median } = await import("./io.ts")
       const cases = []
       for (const c of job.cases) {
-        const s = await measureSaveLoad({ totalBytes: c.mb * mib, tensorCount: c.tensors, repeats: job.repeats, dir })
+        const s = await measureSaveLoad({
+          totalBytes: c.mb * mib,
+          tensorCount: c.tensors,
+          repeats: job.repeats,
+          dir,
+          python: c.torch ? job.python : "none"
+        })
         console.log(
           `  ${c.mb} MB / ${c.tensors} tensors: save ${(median(s.rawWrite) / median(s.save)).toFixed(3)}× raw write+fsync, ` +
             `load ${(median(s.rawRead) / median(s.load)).toFixed(3)}× raw read (ratio of medians)`
@@ -159,7 +178,9 @@ const runChild = async (job: Job, dir: string): Promise<unknown> => {
         for (const c of s.cases) {
           console.log(
             `  ${job.backend} ${c.name}: Trainer.fit ${median(c.ratios).toFixed(3)}× the bare loop ` +
-              `(GC pauses ${median(c.gcTrainerMsPerStep).toFixed(1)} ms/step in the Trainer's window, ${median(c.gcBareMsPerStep).toFixed(1)} in the bare loop's)`
+              `(GC pauses ${median(c.gcTrainerMsPerStep).toFixed(1)} ms/step in the Trainer's window, ${
+                median(c.gcBareMsPerStep).toFixed(1)
+              } in the bare loop's)`
           )
         }
         return s
@@ -280,6 +301,7 @@ interface IoCase {
   readonly save: Array<number>
   readonly rawRead: Array<number>
   readonly load: Array<number>
+  readonly torch: import("./io.ts").TorchSamples
 }
 type AsyncResult = import("./async.ts").AsyncSamples & { readonly mb: number }
 type TrainerResult = import("./trainer.ts").TrainerSamples | { readonly skipped: string }
@@ -298,30 +320,69 @@ const ioRatios = (job: IoJob, result: { cases: Array<IoCase> }): Array<Ratio> =>
     const what = job.name === "io-size" ? `${c.mb} MB` : `${c.tensorCount} tensor${c.tensorCount === 1 ? "" : "s"} (${c.mb} MB)`
     const key = job.name === "io-size" ? `io.size.${c.mb}MB` : `io.count.${c.tensorCount}`
     const section = job.name === "io-size" ? sections.ioSize : sections.ioCount
+    // Issue 16's targets: 0.7 and 0.6 of raw from 10,000 tensors on (many small writes
+    // and allocations are the point there), disk speed below.
+    const many = c.tensorCount >= 10000
+    const saveFigure: Figure = { label: "save", unit: "MB/s", stat: stat(mbps(c.bytes, c.save)) }
+    const loadFigure: Figure = { label: "load", unit: "MB/s", stat: stat(mbps(c.bytes, c.load)) }
+    const torchLabel = { save: "torch.save+fsync", load: "torch.load" }
+    const torch = (op: "save" | "load"): Ratio =>
+      "skipped" in c.torch
+        ? {
+          id: `${key}.${op}_vs_torch`,
+          section,
+          label: `${op} ${what}: throughput ÷ ${torchLabel[op]}`,
+          target: { op: ">=", value: 1 },
+          zeroAllowed: false,
+          status: "skipped",
+          reason: `torch: ${c.torch.skipped}`
+        }
+        : measuredRatio(
+          { id: `${key}.${op}_vs_torch`, section, label: `${op} ${what}: throughput ÷ ${torchLabel[op]}`, target: { op: ">=", value: 1 } },
+          pairwise(c.torch[op], c[op], (theirs, ours) => theirs / ours),
+          op === "save" ? saveFigure : loadFigure,
+          { label: `${torchLabel[op]} (torch ${c.torch.version})`, unit: "MB/s", stat: stat(mbps(c.bytes, c.torch[op])) }
+        )
     return [
       measuredRatio(
-        { id: `${key}.save_vs_raw`, section, label: `save ${what}: throughput ÷ raw write+fsync`, target: { op: ">=", value: 0.85 } },
+        {
+          id: `${key}.save_vs_raw`,
+          section,
+          label: `save ${what}: throughput ÷ raw write+fsync`,
+          target: { op: ">=", value: many ? 0.7 : 0.85 }
+        },
         pairwise(c.rawWrite, c.save, (raw, ours) => raw / ours),
-        { label: "save", unit: "MB/s", stat: stat(mbps(c.bytes, c.save)) },
+        saveFigure,
         { label: "raw write+fsync", unit: "MB/s", stat: stat(mbps(c.bytes, c.rawWrite)) }
       ),
       measuredRatio(
         {
-          id: `${key}.context.save_vs_atomic_raw`,
+          id: `${key}.save_vs_atomic`,
           section,
-          label: `(context) save ${what}: throughput ÷ atomic raw write (new file+fsync+rename+dir fsync)`,
-          target: null
+          label: `save ${what}: throughput ÷ atomic raw write (new file+fsync+rename+dir fsync)`,
+          target: many ? null : { op: ">=", value: 0.95 }
         },
         pairwise(c.rawAtomic, c.save, (raw, ours) => raw / ours),
-        { label: "save", unit: "MB/s", stat: stat(mbps(c.bytes, c.save)) },
+        saveFigure,
         { label: "atomic raw write", unit: "MB/s", stat: stat(mbps(c.bytes, c.rawAtomic)) }
       ),
       measuredRatio(
-        { id: `${key}.load_vs_raw`, section, label: `load ${what}: throughput ÷ raw read`, target: { op: ">=", value: 0.7 } },
+        { id: `${key}.load_vs_raw`, section, label: `load ${what}: throughput ÷ raw read`, target: { op: ">=", value: many ? 0.6 : 0.85 } },
         pairwise(c.rawRead, c.load, (raw, ours) => raw / ours),
-        { label: "load", unit: "MB/s", stat: stat(mbps(c.bytes, c.load)) },
+        loadFigure,
         { label: "raw read", unit: "MB/s", stat: stat(mbps(c.bytes, c.rawRead)) }
-      )
+      ),
+      ...(c.tensorCount >= 1_000_000
+        ? [
+          measuredRatio(
+            { id: `${key}.load_seconds`, section, label: `load ${what}: seconds`, target: { op: "<=", value: 3 } },
+            c.load,
+            { label: "load", unit: "s", stat: stat(c.load) },
+            { label: "—", unit: "s", stat: stat(c.load.map(() => 1)) }
+          )
+        ]
+        : []),
+      ...("skipped" in c.torch && c.torch.skipped.startsWith("no torch side asked") ? [] : [torch("save"), torch("load")])
     ]
   })
 
@@ -333,7 +394,12 @@ const asyncRatios = (s: AsyncResult): Array<Ratio> => {
   const overSize = (xs: ReadonlyArray<number>) => xs.map((x) => x / s.bytes)
   return [
     measuredRatio(
-      { id: "async.blocking_vs_sync", section, label: "async save blocks the caller ÷ sync save (transfer, as the Trainer does)", target: { op: "<=", value: 0.05 } },
+      {
+        id: "async.blocking_vs_sync",
+        section,
+        label: "async save blocks the caller ÷ sync save (transfer, as the Trainer does)",
+        target: { op: "<=", value: 0.05 }
+      },
       pairwise(s.blockTransfer, s.sync, (a, b) => a / b),
       { label: "blocking", unit: "ms", stat: stat(s.blockTransfer) },
       sync
@@ -345,13 +411,24 @@ const asyncRatios = (s: AsyncResult): Array<Ratio> => {
       sync
     ),
     measuredRatio(
-      { id: "async.step_slowdown", section, label: "training step time during a background save ÷ without one", target: { op: "<=", value: 1.1 } },
+      {
+        id: "async.step_slowdown",
+        section,
+        label: "training step time during a background save ÷ without one",
+        target: { op: "<=", value: 1.1 }
+      },
       s.slowdownWorker,
       { label: "step during save", unit: "ms", stat: stat(s.busyStep) },
       { label: "step", unit: "ms", stat: stat(s.quietStep) }
     ),
     measuredRatio(
-      { id: "async.peak_rss_vs_size", section, label: "peak extra RSS during a background save ÷ checkpoint size", target: null, zeroAllowed: true },
+      {
+        id: "async.peak_rss_vs_size",
+        section,
+        label: "peak extra RSS during a background save ÷ checkpoint size",
+        target: null,
+        zeroAllowed: true
+      },
       overSize(s.peakRssTransfer),
       { label: "peak extra RSS", unit: "MiB", stat: stat(mib(s.peakRssTransfer)) },
       size
@@ -369,7 +446,12 @@ const asyncRatios = (s: AsyncResult): Array<Ratio> => {
       size
     ),
     measuredRatio(
-      { id: "async.context.blocking_copy_vs_sync", section, label: "(context) async save blocks ÷ sync save, default snapshot: copy", target: null },
+      {
+        id: "async.context.blocking_copy_vs_sync",
+        section,
+        label: "(context) async save blocks ÷ sync save, default snapshot: copy",
+        target: null
+      },
       pairwise(s.blockCopy, s.sync, (a, b) => a / b),
       { label: "blocking (copy)", unit: "ms", stat: stat(s.blockCopy) },
       sync
@@ -387,13 +469,23 @@ const asyncRatios = (s: AsyncResult): Array<Ratio> => {
       size
     ),
     measuredRatio(
-      { id: "async.context.step_slowdown_crc_on_main", section, label: "(context) step time during a background save, checksums on the main thread", target: null },
+      {
+        id: "async.context.step_slowdown_crc_on_main",
+        section,
+        label: "(context) step time during a background save, checksums on the main thread",
+        target: null
+      },
       s.slowdownMain,
       { label: "step ratio", unit: "×", stat: stat(s.slowdownMain) },
       { label: "—", unit: "×", stat: stat(s.slowdownMain.map(() => 1)) }
     ),
     measuredRatio(
-      { id: "async.context.background_crc_on_main_vs_sync", section, label: "(context) background write ÷ sync save, checksums on the main thread", target: null },
+      {
+        id: "async.context.background_crc_on_main_vs_sync",
+        section,
+        label: "(context) background write ÷ sync save, checksums on the main thread",
+        target: null
+      },
       pairwise(s.backgroundMain, s.sync, (a, b) => a / b),
       { label: "background write (crc on main)", unit: "ms", stat: stat(s.backgroundMain) },
       sync
@@ -406,7 +498,9 @@ const trainerRatios = (job: TrainerJob, s: TrainerResult): Array<Ratio> => {
   const base = (model: CaseName) => ({
     id: `trainer.${job.backend}.${model}_vs_bare`,
     section,
-    label: `${job.backend} ${model === "mlp" ? "MLP 784-256-128-10, batch 128" : "CNN conv3x3x32-pool-dense, batch 64"}: Trainer.fit steps/s ÷ bare tfjs loop`,
+    label: `${job.backend} ${
+      model === "mlp" ? "MLP 784-256-128-10, batch 128" : "CNN conv3x3x32-pool-dense, batch 64"
+    }: Trainer.fit steps/s ÷ bare tfjs loop`,
     target: { op: ">=", value: 0.97 } as Target,
     zeroAllowed: false
   })
@@ -518,7 +612,10 @@ export interface Report {
   readonly plan: ReadonlyArray<Job>
   readonly ratios: ReadonlyArray<Ratio>
   /** Each part's raw samples (or its error), by job name. */
-  readonly parts: Record<string, { readonly seconds: number; readonly result?: unknown; readonly error?: string; readonly profile?: unknown }>
+  readonly parts: Record<
+    string,
+    { readonly seconds: number; readonly result?: unknown; readonly error?: string; readonly profile?: unknown }
+  >
 }
 
 /** GC pauses per step in each side's window of the Trainer runs (medians), one line. */
@@ -528,11 +625,15 @@ const gcLines = (report: Report): Array<string> => {
     const result = part.result as TrainerResult | undefined
     if (!name.startsWith("trainer-") || result === undefined || "skipped" in result) continue
     for (const c of result.cases) {
-      parts.push(`${result.backend} ${c.name} ${stat(c.gcTrainerMsPerStep).median.toFixed(1)} / ${stat(c.gcBareMsPerStep).median.toFixed(1)}`)
+      parts.push(
+        `${result.backend} ${c.name} ${stat(c.gcTrainerMsPerStep).median.toFixed(1)} / ${stat(c.gcBareMsPerStep).median.toFixed(1)}`
+      )
     }
   }
   return parts.length === 0 ? [] : [
-    `Training: GC pauses in ms per step, Trainer's window / bare loop's (V8 runs GC tasks where the event loop turns, inside the Trainer's window): ${parts.join("; ")}.`
+    `Training: GC pauses in ms per step, Trainer's window / bare loop's (V8 runs GC tasks where the event loop turns, inside the Trainer's window): ${
+      parts.join("; ")
+    }.`
   ]
 }
 
@@ -576,7 +677,9 @@ export const markdown = (report: Report): string => {
   const errors = Object.entries(report.parts).filter(([, p]) => p.error !== undefined)
   lines.push("")
   const withTarget = report.ratios.filter((r) => r.status === "ok" && r.met !== null).length
-  lines.push(`Targets: ${withTarget - missed.length} of ${withTarget} met${missed.length ? `; missed: ${missed.map((r) => r.id).join(", ")}` : ""}.`)
+  lines.push(
+    `Targets: ${withTarget - missed.length} of ${withTarget} met${missed.length ? `; missed: ${missed.map((r) => r.id).join(", ")}` : ""}.`
+  )
   if (skipped.length > 0) lines.push(`Skipped: ${skipped.map((r) => `${r.id} (${r.status === "skipped" ? r.reason : ""})`).join("; ")}.`)
   for (const [name, part] of errors) lines.push(`**Part ${name} failed**: ${part.error}`)
   lines.push(
@@ -621,7 +724,7 @@ const main = async () => {
       dir: { type: "string" },
       only: { type: "string" },
       repeats: { type: "string" },
-      python: { type: "string", default: process.env["BENCH_PYTHON"] ?? "python3" },
+      python: { type: "string", default: process.env["BENCH_PYTHON"] },
       "cpu-prof": { type: "boolean", default: false },
       child: { type: "string" },
       result: { type: "string" }
@@ -649,7 +752,9 @@ const main = async () => {
   const profiles = nodePath.join(out, "profiles")
   if (values["cpu-prof"]) await fsp.mkdir(profiles, { recursive: true })
   const loadAverageStart = loadAverage()
-  console.log(`bench suite (${quick ? "quick" : "full"}): ${jobs.map((j) => j.name).join(", ")}; scratch ${scratch}; load average ${loadAverageStart}`)
+  console.log(
+    `bench suite (${quick ? "quick" : "full"}): ${jobs.map((j) => j.name).join(", ")}; scratch ${scratch}; load average ${loadAverageStart}`
+  )
 
   const ratios: Array<Ratio> = []
   const parts: Record<string, { seconds: number; result?: unknown; error?: string; profile?: unknown }> = {}
@@ -672,7 +777,16 @@ const main = async () => {
     if (values["cpu-prof"]) nodeFlags.push("--cpu-prof", `--cpu-prof-dir=${profiles}`, `--cpu-prof-name=${job.name}.cpuprofile`)
     const child = spawnSync(
       process.execPath,
-      [...nodeFlags, nodePath.join(import.meta.dirname, "suite.ts"), "--child", JSON.stringify(job), "--result", resultFile, "--dir", jobDir],
+      [
+        ...nodeFlags,
+        nodePath.join(import.meta.dirname, "suite.ts"),
+        "--child",
+        JSON.stringify(job),
+        "--result",
+        resultFile,
+        "--dir",
+        jobDir
+      ],
       { stdio: "inherit", cwd: repoRoot, timeout: (quick ? 5 : 30) * 60_000 }
     )
     const seconds = (performance.now() - t0) / 1000
@@ -682,7 +796,15 @@ const main = async () => {
       console.log(`  ${job.name} FAILED: ${error}`)
       parts[job.name] = { seconds, error }
       const reason = `part ${job.name} failed: ${error}`
-      ratios.push({ id: `${job.name}.failed`, section: sectionOf(job), label: `${job.name}`, target: null, zeroAllowed: false, status: "error", reason })
+      ratios.push({
+        id: `${job.name}.failed`,
+        section: sectionOf(job),
+        label: `${job.name}`,
+        target: null,
+        zeroAllowed: false,
+        status: "error",
+        reason
+      })
       continue
     }
     const result = JSON.parse(await fsp.readFile(resultFile, "utf8")) as unknown

@@ -9,7 +9,8 @@
  * 1. create missing directories; clean temporary files left by dead processes;
  * 2. write a temporary file in the same directory (so the rename never crosses a
  *    device), tensor by tensor, never the whole checkpoint in one buffer;
- * 3. fsync it, rename it onto the final name, fsync the directory.
+ * 3. fsync the data (checksumming large tensors meanwhile), write the header, fsync
+ *    again, rename it onto the final name, fsync the directory.
  *
  * A failure or interruption at any step leaves no file under the final name and the
  * previous checkpoint intact (if the directory fsync fails after the rename, the
@@ -266,10 +267,12 @@ const makeInternal = (
       if (durable) for (const d of topDown) yield* syncDirectory(path.dirname(d))
     })
 
-  const fileSink = (file: FileSystem.File): SafeTensors.ByteSink<PlatformError.PlatformError> => ({
+  /** With `durable`, the data is synced before the header (see `ByteSink.sync`), then all of it. */
+  const fileSink = (file: FileSystem.File, durable: boolean): SafeTensors.ByteSink<PlatformError.PlatformError> => ({
     write: (chunk) => file.writeAll(chunk),
     writeAt: (position, chunk) =>
-      Effect.flatMap(file.seek(BigInt(position), "start"), () => file.writeAll(chunk))
+      Effect.flatMap(file.seek(BigInt(position), "start"), () => file.writeAll(chunk)),
+    sync: durable ? file.sync : undefined
   })
 
   const fileSource = (file: FileSystem.File, size: number): SafeTensors.ByteSource<PlatformError.PlatformError> => ({
@@ -337,7 +340,7 @@ const makeInternal = (
     yield* Effect.gen(function*() {
       yield* Effect.scoped(Effect.gen(function*() {
         const handle = yield* fs.open(tmp, { flag: "wx" })
-        yield* SafeTensors.write(planned, fileSink(handle))
+        yield* SafeTensors.write(planned, fileSink(handle, durable))
         if (durable) yield* handle.sync
       }))
       yield* commit(tmp, target, dir, durable)
