@@ -4,6 +4,7 @@ import { Effect, FileSystem, Layer, Option, Path, PlatformError } from "effect"
 import { CallbackError, type Callback, type Hook, type TrainerState } from "../src/Callback.ts"
 import * as CheckpointIO from "../src/CheckpointIO.ts"
 import * as CsvLogger from "../src/CsvLogger.ts"
+import { interceptWrites } from "./support/interceptWrites.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
@@ -300,24 +301,10 @@ describe("CsvLogger", () => {
       const root = yield* tempDir
       // A file system that counts the bytes written through it.
       let written = 0
-      const counting = FileSystem.make({
-        ...fs,
-        open: (path, options) =>
-          Effect.map(fs.open(path, options), (file) => ({
-            ...file,
-            [FileSystem.FileTypeId]: FileSystem.FileTypeId,
-            get stat() {
-              return file.stat
-            },
-            sync: file.sync,
-            seek: (o, f) => file.seek(o, f),
-            read: (b, o) => file.read(b, o),
-            readAlloc: (n, o) => file.readAlloc(n, o),
-            truncate: (l) => file.truncate(l),
-            write: (b) => Effect.tap(file.write(b), (n) => Effect.sync(() => void (written += Number(n)))),
-            writeAll: (b) => Effect.tap(file.writeAll(b), () => Effect.sync(() => void (written += b.byteLength)))
-          }))
-      })
+      const counting = interceptWrites(fs, () => true, (file) => ({
+        write: (b) => Effect.tap(file.write(b), (n) => Effect.sync(() => void (written += Number(n)))),
+        writeAll: (b) => Effect.tap(file.writeAll(b), () => Effect.sync(() => void (written += b.byteLength)))
+      }))
       const logger = yield* CsvLogger.make({ flushEvery: 50 }).pipe(Effect.provideService(FileSystem.FileSystem, counting))
       const state = makeState(root)
       yield* call(state, logger.setup, "fit")

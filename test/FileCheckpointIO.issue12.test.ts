@@ -14,6 +14,7 @@ import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import { foreign } from "./reliability/safetensorsBytes.ts"
 import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
 import { sample } from "./support/checkpoints.ts"
+import { interceptWrites } from "./support/interceptWrites.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
@@ -140,29 +141,9 @@ describe("FileCheckpointIO: issue 12", () => {
       const writing = yield* Deferred.make<void>()
       const resume = yield* Deferred.make<void>()
       // Writer B pauses after its first write to its temporary file.
-      const pausing = FileSystem.make({
-        ...fs,
-        open: (path, options) =>
-          Effect.map(fs.open(path, options), (file) =>
-            FileCheckpointIO.isTemporaryName(path.split("/").pop()!)
-              ? {
-                ...file,
-                [FileSystem.FileTypeId]: FileSystem.FileTypeId,
-                get stat() {
-                  return file.stat
-                },
-                sync: file.sync,
-                seek: (o, f) => file.seek(o, f),
-                read: (b, o) => file.read(b, o),
-                readAlloc: (s, o) => file.readAlloc(s, o),
-                truncate: (l) => file.truncate(l),
-                write: (b) => file.write(b),
-                writeAll: (b) =>
-                  Effect.flatMap(file.writeAll(b), () =>
-                    Effect.andThen(Deferred.succeed(writing, undefined), Deferred.await(resume)))
-              }
-              : file)
-      })
+      const pausing = interceptWrites(fs, (path) => FileCheckpointIO.isTemporaryName(path.split("/").pop()!), (file) => ({
+        writeAll: (b) => Effect.flatMap(file.writeAll(b), () => Effect.andThen(Deferred.succeed(writing, undefined), Deferred.await(resume)))
+      }))
       const a = yield* FileCheckpointIO.makeWith({ writerIdentity: "0000000a" })
       const b: CheckpointIOShape = yield* FileCheckpointIO.makeWith({ writerIdentity: "0000000b" }).pipe(
         Effect.provideService(FileSystem.FileSystem, pausing)

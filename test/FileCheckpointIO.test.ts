@@ -7,6 +7,7 @@ import * as FaultyFileSystem from "../src/FaultyFileSystem.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
 import { sample } from "./support/checkpoints.ts"
+import { interceptWrites } from "./support/interceptWrites.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
@@ -151,28 +152,9 @@ describe("FileCheckpointIO", () => {
       const dir = yield* tempDir
       const writing = yield* Deferred.make<void>()
       // A file system whose writes to temporary files hang after the first chunk.
-      const hanging = FileSystem.make({
-        ...fs,
-        open: (path, options) =>
-          Effect.map(fs.open(path, options), (file) =>
-            FileCheckpointIO.isTemporaryName(path.split("/").pop()!)
-              ? {
-                ...file,
-                [FileSystem.FileTypeId]: FileSystem.FileTypeId,
-                get stat() {
-                  return file.stat
-                },
-                sync: file.sync,
-                seek: (o, f) => file.seek(o, f),
-                read: (b, o) => file.read(b, o),
-                readAlloc: (s, o) => file.readAlloc(s, o),
-                truncate: (l) => file.truncate(l),
-                write: (b) => file.write(b),
-                writeAll: (b) =>
-                  Effect.flatMap(file.writeAll(b), () => Effect.andThen(Deferred.succeed(writing, undefined), Effect.never))
-              }
-              : file)
-      })
+      const hanging = interceptWrites(fs, (path) => FileCheckpointIO.isTemporaryName(path.split("/").pop()!), (file) => ({
+        writeAll: (b) => Effect.flatMap(file.writeAll(b), () => Effect.andThen(Deferred.succeed(writing, undefined), Effect.never))
+      }))
       const io = yield* FileCheckpointIO.make.pipe(Effect.provideService(FileSystem.FileSystem, hanging))
       const plain = yield* FileCheckpointIO.make
       yield* plain.save(sample(1), `${dir}/a.ckpt`)
