@@ -368,6 +368,25 @@ export const cases = (sizes: Sizes): ReadonlyArray<Case> => {
   return out
 }
 
+/**
+ * How far `actual` is from `expected`: the largest absolute difference and that
+ * divided by the largest magnitude of `expected` (0 when they are equal; a NaN on
+ * either side counts as an infinite difference). The measure of every row.
+ */
+export const difference = (
+  expected: ArrayLike<number>,
+  actual: ArrayLike<number>
+): { readonly abs: number; readonly rel: number } => {
+  let abs = 0
+  let scale = 0
+  for (let i = 0; i < expected.length; i++) {
+    const d = Math.abs(expected[i]! - actual[i]!)
+    abs = Math.max(abs, Number.isNaN(d) ? Infinity : d)
+    scale = Math.max(scale, Math.abs(expected[i]!))
+  }
+  return { abs, rel: abs === 0 ? 0 : abs / scale }
+}
+
 const compare = (
   c: Case,
   backend: Device.BackendName,
@@ -383,14 +402,7 @@ const compare = (
     if (b === undefined || b.length !== a.length) {
       return { layer: c.layer, name: c.name, backend, worstAbs: Infinity, worstRel: Infinity, worst: name, tolerance: c.tolerance, pass: false, error: `gradient ${name} has another shape` }
     }
-    let diff = 0
-    let scale = 0
-    for (let i = 0; i < a.length; i++) {
-      const d = Math.abs(a[i]! - b[i]!)
-      diff = Math.max(diff, Number.isNaN(d) ? Infinity : d)
-      scale = Math.max(scale, Math.abs(a[i]!))
-    }
-    const rel = diff === 0 ? 0 : diff / scale
+    const { abs: diff, rel } = difference(a, b)
     worstAbs = Math.max(worstAbs, diff)
     if (rel > worstRel || worst === "") {
       worstRel = Math.max(worstRel, rel)

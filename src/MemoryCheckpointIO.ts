@@ -62,15 +62,6 @@ const bytesSink = (size: number) => {
   return { bytes, sink }
 }
 
-const bytesSource = (bytes: Uint8Array): SafeTensors.ByteSource<never> => ({
-  size: bytes.byteLength,
-  read: (into, position) =>
-    Effect.sync(() => {
-      const available = bytes.subarray(position, position + into.byteLength)
-      into.set(available)
-      return available.byteLength
-    })
-})
 
 /** Builds the service over the `MemoryStore` in context. */
 export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect.gen(function*() {
@@ -96,7 +87,7 @@ export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect
     const target = yield* key("load", path)
     const file = files.get(target)
     if (file === undefined) return yield* new CheckpointNotFound({ operation: "load", path: target })
-    return yield* SafeTensors.read(bytesSource(file.bytes), target, options)
+    return yield* SafeTensors.read(SafeTensors.bytesSource(file.bytes), target, options)
   })
 
   const remove: CheckpointIOShape["remove"] = Effect.fn("MemoryCheckpointIO.remove")(function*(path) {

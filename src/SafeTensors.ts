@@ -60,6 +60,17 @@ export interface ByteSource<E> {
   readonly read: (into: Uint8Array, position: number) => Effect.Effect<number, E>
 }
 
+/** A `ByteSource` over bytes in memory (the memory store's, a test's). */
+export const bytesSource = (bytes: Uint8Array): ByteSource<never> => ({
+  size: bytes.byteLength,
+  read: (into, position) =>
+    Effect.sync(() => {
+      const available = bytes.subarray(position, position + into.byteLength)
+      into.set(available)
+      return available.byteLength
+    })
+})
+
 /** Largest header accepted on load (the safetensors reference uses the same cap). */
 export const maxHeaderBytes = 100 * 1024 * 1024
 

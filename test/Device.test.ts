@@ -5,6 +5,7 @@ import { vi } from "vitest"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import * as Device from "../src/Device.ts"
 import * as WasmKernels from "../src/WasmKernels.ts"
+import * as GradientCheck from "../src/GradientCheck.ts"
 import { seeded } from "./support/random.ts"
 
 /** Runs `f` with a Device on `choice`, released when `f` ends. */
@@ -29,13 +30,7 @@ const randomArray = (random: ReturnType<typeof seeded>, n: number): Float32Array
 /** max |a - b| / max |a|. */
 const relativeError = (expected: Float32Array, actual: Float32Array): number => {
   assert.strictEqual(actual.length, expected.length)
-  let diff = 0
-  let scale = 0
-  for (let i = 0; i < expected.length; i++) {
-    diff = Math.max(diff, Math.abs(expected[i]! - actual[i]!))
-    scale = Math.max(scale, Math.abs(expected[i]!))
-  }
-  return diff / scale
+  return GradientCheck.difference(expected, actual).rel
 }
 
 describe("Device", () => {

@@ -12,14 +12,7 @@ const on = <A>(backend: Device.BackendName, f: () => A) =>
 /** max |a - b| / max |a| (0 when both are all zeros). */
 const relativeError = (expected: Float32Array, actual: Float32Array): number => {
   assert.strictEqual(actual.length, expected.length)
-  let diff = 0
-  let scale = 0
-  for (let i = 0; i < expected.length; i++) {
-    const d = Math.abs(expected[i]! - actual[i]!)
-    diff = Math.max(diff, Number.isNaN(d) ? Infinity : d)
-    scale = Math.max(scale, Math.abs(expected[i]!))
-  }
-  return diff === 0 ? 0 : diff / scale
+  return GradientCheck.difference(expected, actual).rel
 }
 
 interface KernelCase {

@@ -7,15 +7,7 @@ import { seeded } from "./support/random.ts"
 // Issue 16: saving and loading at the speed of the disk. The figures are for the
 // benchmarks; these tests pin the behaviour the faster paths must keep.
 
-const source = (bytes: Uint8Array): SafeTensors.ByteSource<never> => ({
-  size: bytes.byteLength,
-  read: (into, position) =>
-    Effect.sync(() => {
-      const available = bytes.subarray(position, position + into.byteLength)
-      into.set(available)
-      return available.byteLength
-    })
-})
+const source = SafeTensors.bytesSource
 
 /** A file from header text (any JSON, written as given) and data bytes. */
 const fileOf = (header: string | Uint8Array, data: Uint8Array): Uint8Array => {

@@ -19,6 +19,7 @@ import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
 import type { TrainingModule } from "../src/TrainingModule.ts"
 import * as WebGPU from "../src/WebGPU.ts"
+import * as GradientCheck from "../src/GradientCheck.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 import { seeded } from "./support/random.ts"
 
@@ -46,13 +47,7 @@ const quiet = { enableProgressBar: false, logger: false } as const
 /** max |a - b| / max |a|. */
 const relativeError = (expected: HostTensor, actual: HostTensor): number => {
   assert.deepStrictEqual(actual.shape, expected.shape)
-  let diff = 0
-  let scale = 0
-  for (let i = 0; i < expected.data.length; i++) {
-    diff = Math.max(diff, Math.abs(Number(expected.data[i]) - Number(actual.data[i])))
-    scale = Math.max(scale, Math.abs(Number(expected.data[i])))
-  }
-  return diff / scale
+  return GradientCheck.difference(Array.from(expected.data, Number), Array.from(actual.data, Number)).rel
 }
 
 /**
