@@ -16,6 +16,7 @@ import * as S3CheckpointIO from "../src/S3CheckpointIO.ts"
 import * as Strategy from "../src/Strategy.ts"
 import { assertSameTensors, RawStore, run as runSuite, sample } from "../src/testing/CheckpointIOSuite.ts"
 import * as Trainer from "../src/Trainer.ts"
+import * as AsyncCheckpointIO from "../src/AsyncCheckpointIO.ts"
 import { irisClassifier, irisData } from "./support/iris.ts"
 import { type FaultPolicy, type TestS3, testS3 } from "./support/s3Server.ts"
 
@@ -61,6 +62,13 @@ const rawS3 = Layer.effect(
 )
 
 runSuite("S3CheckpointIO", () => rawS3.pipe(Layer.provideMerge(S3CheckpointIO.layer(options()))))
+
+// Background saves to S3: the same suite through AsyncCheckpointIO over the S3 store.
+runSuite("AsyncCheckpointIO over S3CheckpointIO", () =>
+  rawS3.pipe(
+    Layer.provideMerge(AsyncCheckpointIO.layer({ checksumWorker: false }).pipe(Layer.provide(S3CheckpointIO.layer(options())))),
+    Layer.orDie
+  ))
 
 /** A checkpoint of about `floats * 4` bytes, filled from `seed`. */
 const big = (floats: number, seed: number) =>

@@ -7,12 +7,25 @@
  */
 import { S3Client } from "@aws-sdk/client-s3"
 import { Effect } from "effect"
-import { mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import S3rver from "s3rver"
+import FilesystemStore from "s3rver/lib/stores/filesystem.js"
+
+// s3rver 3.7.1 acknowledges a PUT when its checksum stream ends, before the object's
+// file holds all the bytes (`putObject` resolves on the transform's "finish", not the
+// file stream's): a HEAD or GET right after it sometimes saw 0 bytes under load. Real
+// S3 has read-after-write consistency, so the test server waits for the file.
+const putObject = FilesystemStore.prototype.putObject
+FilesystemStore.prototype.putObject = async function(this: FilesystemStore, object: { bucket: string; key: string }) {
+  const result = await putObject.call(this, object)
+  const file = this.getResourcePath(object.bucket, object.key, "object")
+  while (statSync(file).size !== result.size) await new Promise<void>((resolve) => setImmediate(resolve))
+  return result
+}
 
 /** What the proxy does with one request: pass it, or a fault. */
 export type Fault = "503" | "403" | "reset" | "truncate" | "hang" | undefined
@@ -39,6 +52,8 @@ export interface TestS3 {
 const slowDown = `<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`
 
+const noSuchUpload = `<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>NoSuchUpload</Code><Message>The specified multipart upload does not exist.</Message></Error>`
 const accessDenied = `<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>`
 
@@ -56,6 +71,8 @@ export const testS3 = (bucket = "ckpt-test"): Effect.Effect<TestS3, never, impor
     )
     const uploadsDir = path.join(directory, bucket, "._S3rver_uploads")
     let policy: FaultPolicy | undefined
+    /** Ids of aborted multipart uploads: gone, whatever a late part left on disk. */
+    const aborted = new Set<string>()
     const requests: Array<string> = []
 
     const proxy = http.createServer((req, res) => {
@@ -82,14 +99,32 @@ export const testS3 = (bucket = "ckpt-test"): Effect.Effect<TestS3, never, impor
       if (method === "DELETE" && uploadId !== null) {
         // AbortMultipartUpload, as S3 does it: the upload and its parts are gone.
         req.resume()
+        aborted.add(path.basename(uploadId))
         rmSync(path.join(uploadsDir, path.basename(uploadId)), { recursive: true, force: true })
         res.writeHead(204)
         res.end()
         return
       }
+      if (uploadId !== null && aborted.has(path.basename(uploadId))) {
+        // A part sent after the abort: S3 answers NoSuchUpload.
+        req.resume()
+        res.writeHead(404, { "content-type": "application/xml" })
+        res.end(noSuchUpload)
+        return
+      }
       const forward = http.request(
         { host: upstream.address, port: upstream.port, method, path: url, headers: req.headers },
         (answer) => {
+          // A part that was in flight when its upload was aborted lands in s3rver's
+          // upload folder after the abort: remove it again, as S3 frees an aborted
+          // upload's storage.
+          if (uploadId !== null) {
+            answer.on("end", () => {
+              if (aborted.has(path.basename(uploadId))) {
+                rmSync(path.join(uploadsDir, path.basename(uploadId)), { recursive: true, force: true })
+              }
+            })
+          }
           if (fault !== "truncate") {
             res.writeHead(answer.statusCode ?? 500, answer.headers)
             answer.pipe(res)
@@ -140,7 +175,7 @@ export const testS3 = (bucket = "ckpt-test"): Effect.Effect<TestS3, never, impor
       setFaults: (p) => void (policy = p),
       pendingUploads: () => {
         try {
-          return readdirSync(uploadsDir)
+          return readdirSync(uploadsDir).filter((id) => !aborted.has(id))
         } catch {
           return []
         }

@@ -14,3 +14,10 @@ declare module "s3rver" {
     close(): Promise<void>
   }
 }
+
+declare module "s3rver/lib/stores/filesystem.js" {
+  export default class FilesystemStore {
+    getResourcePath(bucket: string, key?: string, resource?: string): string
+    putObject(object: { bucket: string; key: string }): Promise<{ size: number; md5: string }>
+  }
+}
