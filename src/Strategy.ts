@@ -17,6 +17,8 @@ import { Context, Data, Effect, Layer } from "effect"
 import type { HostTensor } from "./Checkpoint.ts"
 import { RestoreError, type RestoreTarget, type StagedState, type TensorPlan } from "./CheckpointConnector.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
+import type { CollectiveError } from "./Collective.ts"
+import * as DataParallelModule from "./DataParallel.ts"
 import { Device, type DeviceError, type DeviceShape } from "./Device.ts"
 
 /** A strategy was configured in a way that can never work. */
@@ -79,7 +81,7 @@ export interface StrategyShape {
     optimizer: tf.Optimizer,
     loss: () => tf.Scalar,
     options: StepOptions
-  ) => Effect.Effect<number, StepError>
+  ) => Effect.Effect<number, StepError | CollectiveError>
   /**
    * The first half of a step split for gradient accumulation: the gradients of
    * `loss() * scale` with respect to `model.trainableWeights` (in that order) and the
@@ -89,7 +91,7 @@ export interface StrategyShape {
     model: tf.LayersModel,
     loss: () => tf.Scalar,
     scale: number
-  ) => Effect.Effect<{ readonly loss: number; readonly grads: ReadonlyArray<tf.Tensor> }, StepError>
+  ) => Effect.Effect<{ readonly loss: number; readonly grads: ReadonlyArray<tf.Tensor> }, StepError | CollectiveError>
   /**
    * The second half: clips `grads` (one per trainable weight, in order) if asked and
    * applies them with one optimizer step. `grads` stay the caller's.
@@ -99,7 +101,7 @@ export interface StrategyShape {
     optimizer: tf.Optimizer,
     grads: ReadonlyArray<tf.Tensor>,
     options: StepOptions
-  ) => Effect.Effect<void, StepError>
+  ) => Effect.Effect<void, StepError | CollectiveError>
   /**
    * Host copies of the model weights and, unless weights only (`optimizer`
    * undefined), the optimizer state, under the device's own names;
@@ -123,6 +125,19 @@ export interface StrategyShape {
     optimizer: tf.Optimizer | undefined,
     plan: TensorPlan
   ) => Effect.Effect<void, RestoreError | DeviceError>
+  /**
+   * Multi-replica strategies (`DataParallel`) only; a single-device strategy leaves
+   * these out. `isGlobalZero` (default true): whether this replica logs, draws the
+   * progress bar and writes checkpoints. `reduceMetrics`: the metrics averaged over
+   * the replicas (every replica calls it at the same points). `shard`: this
+   * replica's part of a batch. `checkpointIOForRank`: the store as this rank uses it.
+   */
+  readonly rank?: number | undefined
+  readonly worldSize?: number | undefined
+  readonly isGlobalZero?: boolean | undefined
+  readonly reduceMetrics?: ((metrics: ReadonlyMap<string, number>) => Effect.Effect<ReadonlyMap<string, number>, CollectiveError>) | undefined
+  readonly shard?: (<B>(batch: B) => B) | undefined
+  readonly checkpointIOForRank?: ((io: CheckpointIOShape) => CheckpointIOShape) | undefined
 }
 
 /** The Strategy service. Provide it with `singleDevice()` (or `layer`) over a `Device`. */
@@ -368,3 +383,12 @@ export const singleDevice = <E = never, R = never>(
   options?: { readonly checkpointIO?: Layer.Layer<CheckpointIO, E, R> | undefined }
 ): Layer.Layer<Strategy, StrategyConfigError | E, Device | R> =>
   layer({ name: "SingleDeviceStrategy", checkpointIO: options?.checkpointIO })
+
+/**
+ * The data-parallel strategy (Lightning's `DDPStrategy`): `devices` replicas on
+ * worker threads, gradients averaged before each step, rank 0 alone logging and
+ * writing checkpoints. Defined in `DataParallel` (see there and docs/scale-out.md).
+ */
+export const dataParallel = (
+  options: DataParallelModule.DataParallelOptions
+): Layer.Layer<Strategy, StrategyConfigError, Device> => Layer.suspend(() => DataParallelModule.layer(options))
