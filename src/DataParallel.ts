@@ -171,14 +171,16 @@ export const make = (
     const synced = new WeakSet<tf.LayersModel>()
     let warnedUnshardable = false
 
-    const stepFailed = (step: string) => (cause: unknown) =>
-      new Strategy.StepError({ step, reason: messageOf(cause), cause })
+    const stepFailed = (step: string) => (cause: unknown) => new Strategy.StepError({ step, reason: messageOf(cause), cause })
 
     /** Rank 0's weights on every replica, before the first step of a model. */
     const syncWeights = (model: tf.LayersModel) =>
       Effect.gen(function*() {
         if (synced.has(model) || worldSize === 1) return
-        const values = yield* Effect.try({ try: () => flatten(model.weights.map((w) => w.read())), catch: stepFailed("broadcast of the weights") })
+        const values = yield* Effect.try({
+          try: () => flatten(model.weights.map((w) => w.read())),
+          catch: stepFailed("broadcast of the weights")
+        })
         yield* collective.broadcast(values, 0)
         if (rank !== 0) {
           yield* Effect.try({
@@ -240,7 +242,9 @@ export const make = (
       if (part !== undefined) return part as B
       if (!warnedUnshardable) {
         warnedUnshardable = true
-        Effect.runSync(Effect.logWarning(`DataParallel: a batch is not made of host tensors; every replica runs it whole (pass a shard function)`))
+        Effect.runSync(
+          Effect.logWarning(`DataParallel: a batch is not made of host tensors; every replica runs it whole (pass a shard function)`)
+        )
       }
       return batch
     }
@@ -260,8 +264,7 @@ export const make = (
   })
 
 /** Replicas for `devices`: `"auto"` is one per CPU core. */
-export const resolveDevices = (devices: number | "auto"): number =>
-  devices === "auto" ? Math.max(1, os.availableParallelism()) : devices
+export const resolveDevices = (devices: number | "auto"): number => devices === "auto" ? Math.max(1, os.availableParallelism()) : devices
 
 const entryOf = (entry: string | URL | undefined): URL | undefined => {
   if (entry instanceof URL) return entry
@@ -275,7 +278,10 @@ const startWorkers = (options: DataParallelOptions, worldSize: number) =>
   Effect.gen(function*() {
     const entry = entryOf(options.entry)
     if (entry === undefined) {
-      return yield* new Strategy.StrategyConfigError({ strategy: "DataParallelStrategy", reason: "no entry module to start the replicas with" })
+      return yield* new Strategy.StrategyConfigError({
+        strategy: "DataParallelStrategy",
+        reason: "no entry module to start the replicas with"
+      })
     }
     const group = Collective.makeShared(worldSize)
     const collective = Collective.fromShared(group, 0)
@@ -301,7 +307,8 @@ const startWorkers = (options: DataParallelOptions, worldSize: number) =>
           }
           return started
         },
-        catch: (cause) => new Strategy.StrategyConfigError({ strategy: "DataParallelStrategy", reason: `starting the replicas: ${messageOf(cause)}` })
+        catch: (cause) =>
+          new Strategy.StrategyConfigError({ strategy: "DataParallelStrategy", reason: `starting the replicas: ${messageOf(cause)}` })
       }),
       (started, exit) =>
         Effect.gen(function*() {
@@ -335,7 +342,10 @@ export const layer = (options: DataParallelOptions): Layer.Layer<Strategy.Strate
       }
       const worldSize = resolveDevices(options.devices)
       if (!Number.isInteger(worldSize) || worldSize < 1) {
-        return yield* new Strategy.StrategyConfigError({ strategy: "DataParallelStrategy", reason: `devices must be a positive integer or "auto", got ${options.devices}` })
+        return yield* new Strategy.StrategyConfigError({
+          strategy: "DataParallelStrategy",
+          reason: `devices must be a positive integer or "auto", got ${options.devices}`
+        })
       }
       if (worldSize === 1) return yield* make(Collective.single, options)
       const { collective } = yield* startWorkers(options, worldSize)

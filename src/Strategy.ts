@@ -135,7 +135,9 @@ export interface StrategyShape {
   readonly rank?: number | undefined
   readonly worldSize?: number | undefined
   readonly isGlobalZero?: boolean | undefined
-  readonly reduceMetrics?: ((metrics: ReadonlyMap<string, number>) => Effect.Effect<ReadonlyMap<string, number>, CollectiveError>) | undefined
+  readonly reduceMetrics?:
+    | ((metrics: ReadonlyMap<string, number>) => Effect.Effect<ReadonlyMap<string, number>, CollectiveError>)
+    | undefined
   readonly shard?: (<B>(batch: B) => B) | undefined
   readonly checkpointIOForRank?: ((io: CheckpointIOShape) => CheckpointIOShape) | undefined
 }
@@ -194,9 +196,9 @@ const computeGradients = (device: DeviceShape): StrategyShape["computeGradients"
         raw = tf.keep(loss())
         return scale === 1 ? raw : tf.mul(raw, tf.scalar(scale))
       }, varList)
-      value.dispose()
+      // With scale 1, `value` is `raw` itself: read before freeing either.
       const result = raw!.dataSync()[0]!
-      raw!.dispose()
+      tf.dispose([value, raw!])
       return { loss: result, grads: varList.map((v) => grads[v.name]!) }
     },
     catch: (cause) => new StepError({ step: "training step (gradients)", reason: messageOf(cause), cause })
