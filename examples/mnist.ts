@@ -7,6 +7,7 @@
  *   npm start -- --help
  *   npm start -- --max-epochs 3 --model mlp
  *   npm start -- --ckpt-path last --max-epochs 5      # continue where the last run stopped
+ *   npm start -- --devices 2                          # data parallel: 2 replicas (worker threads)
  *
  * Ctrl-C stops it cleanly: a checkpoint of the moment is saved, pending saves are
  * flushed, and it exits with code 130. SIGTERM (a scheduler stopping the job) and
@@ -107,7 +108,11 @@ const command = Command.make("effect-trainer-mnist", {
     Flag.withFallbackConfig(Device.backendConfig),
     Flag.withDescription("tfjs backend (default: $EFFECT_TRAINER_BACKEND or auto; tensorflow needs @tensorflow/tfjs-node or -gpu)")
   ),
-  syncIo: Flag.Boolean("sync-io").pipe(Flag.withDefault(false), Flag.withDescription("save checkpoints synchronously"))
+  syncIo: Flag.Boolean("sync-io").pipe(Flag.withDefault(false), Flag.withDescription("save checkpoints synchronously")),
+  devices: Flag.Int("devices").pipe(
+    Flag.withDefault(1),
+    Flag.withDescription("data-parallel replicas on worker threads (docs/scale-out.md); 1: a single device")
+  )
 }, (config) => {
   const dirpath = path.join(config.defaultRootDir, "checkpoints")
   const program = Effect.gen(function*() {
@@ -141,7 +146,7 @@ const command = Command.make("effect-trainer-mnist", {
       callbacks: [checkpoint],
       plugins: { checkpointIO: io }
     }).pipe(
-      Layer.provideMerge(Strategy.singleDevice()),
+      Layer.provideMerge(config.devices > 1 ? Strategy.dataParallel({ devices: config.devices }) : Strategy.singleDevice()),
       Layer.provideMerge(Device.layer(config.backend))
     )
     yield* program.pipe(Effect.provide(layers))

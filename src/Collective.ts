@@ -152,15 +152,23 @@ export const fromShared = (group: SharedGroup, rank: number): CollectiveShape =>
   /** Waits until the generation differs from `generation`; fails when the group is aborted first. */
   const waitFor = (generation: number, operation: string): Effect.Effect<void, CollectiveError> =>
     Effect.callback<void, CollectiveError>((resume) => {
+      // A pending waitAsync does not keep a thread's event loop alive: this timer does.
+      let keepAlive: ReturnType<typeof setTimeout> | undefined
+      const done = (effect: Effect.Effect<void, CollectiveError>) => {
+        if (keepAlive !== undefined) clearTimeout(keepAlive)
+        resume(effect)
+      }
       const loop = (): void => {
-        if (Atomics.load(control, GENERATION) !== generation) return resume(Effect.void)
+        if (Atomics.load(control, GENERATION) !== generation) return done(Effect.void)
         const a = aborted()
-        if (a !== undefined) return resume(Effect.fail(new CollectiveError({ rank: a.rank, operation, reason: a.reason })))
+        if (a !== undefined) return done(Effect.fail(new CollectiveError({ rank: a.rank, operation, reason: a.reason })))
         const waited = waitAsync(control, GENERATION, generation)
-        if (!waited.async) return resume(Effect.void)
+        if (!waited.async) return done(Effect.void)
+        keepAlive ??= setTimeout(() => {}, 2 ** 31 - 1)
         void waited.value.then(loop)
       }
       loop()
+      return Effect.sync(() => keepAlive !== undefined && clearTimeout(keepAlive))
     })
 
   const barrierNamed = (operation: string) =>
@@ -195,18 +203,20 @@ export const fromShared = (group: SharedGroup, rank: number): CollectiveShape =>
       const width = data.BYTES_PER_ELEMENT
       const perChunk = Math.floor(slotBytes / width)
       const View = data instanceof Float32Array ? Float32Array : Float64Array
-      const sum = new Float64Array(Math.min(perChunk, data.length))
       for (let start = 0; start < data.length || start === 0; start += perChunk) {
         const part = data.subarray(start, Math.min(data.length, start + perChunk))
         yield* exchange("allReduce", bytesOf(part), (slots) => {
-          sum.fill(0, 0, part.length)
-          // Rank order, on every replica: the same sums everywhere, every run.
-          for (let r = 0; r < worldSize; r++) {
+          const views = Array.from({ length: worldSize }, (_, r) => {
             const s = slots(r)
-            const values = new View(s.buffer as ArrayBuffer, s.byteOffset, part.length)
-            for (let i = 0; i < part.length; i++) sum[i]! += values[i]!
+            return new View(s.buffer as ArrayBuffer, s.byteOffset, part.length)
+          })
+          // Rank order, in doubles, on every replica: the same sums everywhere, every
+          // run. No scratch buffer: fresh allocations are slow (first touch).
+          for (let i = 0; i < part.length; i++) {
+            let acc = 0
+            for (let r = 0; r < worldSize; r++) acc += views[r]![i]!
+            part[i] = acc / worldSize
           }
-          for (let i = 0; i < part.length; i++) part[i] = sum[i]! / worldSize
         })
         if (data.length === 0) break
       }

@@ -128,13 +128,16 @@ const readOnly = (io: CheckpointIOShape): CheckpointIOShape => ({
   flush: Effect.void
 })
 
-const flatten = (tensors: ReadonlyArray<tf.Tensor>): Float32Array => {
-  const out = new Float32Array(tensors.reduce((n, t) => n + t.size, 0))
+/** The tensors' values one after the other, then `extra`, into `into` when it has the size. */
+const flatten = (tensors: ReadonlyArray<tf.Tensor>, extra: ReadonlyArray<number> = [], into?: Float32Array): Float32Array => {
+  const size = tensors.reduce((n, t) => n + t.size, 0) + extra.length
+  const out = into !== undefined && into.length === size ? into : new Float32Array(size)
   let offset = 0
   for (const t of tensors) {
     out.set(t.dataSync() as Float32Array, offset)
     offset += t.size
   }
+  out.set(extra, offset)
   return out
 }
 
@@ -208,18 +211,57 @@ export const make = (
         )
       })
 
+    // Reused between steps: fresh allocations are slow (first touch), and the
+    // tensors made from it are freed before the next step.
+    let scratch: Float32Array | undefined
+    /** The step metrics the last step averaged (with a copy of the result): `reduceMetrics` passes them as they are. */
+    let averaged: { readonly map: ReadonlyMap<string, number>; readonly values: ReadonlyMap<string, number> } | undefined
+
     const trainingStep: Strategy.StrategyShape["trainingStep"] = (model, optimizer, loss, stepOptions) =>
       Effect.gen(function*() {
         const computed = yield* computeGradients(model, loss, 1)
-        yield* applyGradients(model, optimizer, computed.grads, stepOptions).pipe(
-          Effect.ensuring(Effect.sync(() => tfjs.dispose([...computed.grads])))
+        const metrics = stepOptions.metrics
+        if (metrics === undefined || worldSize === 1) {
+          yield* applyGradients(model, optimizer, computed.grads, stepOptions).pipe(
+            Effect.ensuring(Effect.sync(() => tfjs.dispose([...computed.grads])))
+          )
+          return computed.loss
+        }
+        // One round trip for the gradients, the loss and the logged metrics.
+        metrics.set("loss", computed.loss)
+        const keys = [...metrics.keys()].sort()
+        const check = hashOf(keys.join("\u0000")) & 0xffff // exact in float32
+        const flat = yield* Effect.try({
+          try: () => (scratch = flatten(computed.grads, [check, keys.length, ...keys.map((k) => metrics.get(k)!)], scratch)),
+          catch: stepFailed("all-reduce of the gradients")
+        }).pipe(Effect.ensuring(Effect.sync(() => tfjs.dispose([...computed.grads]))))
+        yield* collective.allReduceMean(flat)
+        const at = flat.length - keys.length - 2
+        if (flat[at] !== check || flat[at + 1] !== keys.length) {
+          return yield* new Collective.CollectiveError({
+            rank,
+            operation: "allReduce",
+            reason: `the replicas logged different metrics (rank ${rank}: ${keys.join(", ")})`
+          })
+        }
+        keys.forEach((k, i) => metrics.set(k, flat[at + 2 + i]!))
+        averaged = { map: metrics, values: new Map(metrics) }
+        const reduced = unflatten(tfjs, flat, computed.grads)
+        yield* base.applyGradients(model, optimizer, reduced, stepOptions).pipe(
+          Effect.ensuring(Effect.sync(() => tfjs.dispose(reduced)))
         )
-        return computed.loss
+        return metrics.get("loss")!
       })
 
     const reduceMetrics: NonNullable<Strategy.StrategyShape["reduceMetrics"]> = (metrics) =>
       Effect.gen(function*() {
         if (worldSize === 1) return metrics
+        // Averaged with the gradients of the step just taken (the same on every replica).
+        const last = averaged
+        averaged = undefined
+        if (last !== undefined && last.map === metrics && last.values.size === metrics.size) {
+          if ([...metrics].every(([k, v]) => last.values.get(k) === v)) return metrics
+        }
         const keys = [...metrics.keys()].sort()
         const hash = hashOf(keys.join("\u0000"))
         // The key set travels with the values: replicas that logged different metrics fail.

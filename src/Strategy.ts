@@ -56,6 +56,12 @@ export interface StepOptions {
   /** Clip gradients at this value (by global norm or element value); none when undefined. */
   readonly gradientClipVal?: number | undefined
   readonly gradientClipAlgorithm?: GradientClipAlgorithm | undefined
+  /**
+   * The metrics the step logs (filled while `loss()` runs). A multi-replica strategy
+   * may average them, and the loss, in place with the gradients (one round trip for
+   * both); a single device leaves them alone.
+   */
+  readonly metrics?: Map<string, number> | undefined
 }
 
 /** The Strategy contract: steps on the Device, staging for checkpoints, applying restored state. */

@@ -839,7 +839,7 @@ export const make = <E = never, R = never>(
                   let loss: number
                   let stepped = true
                   if (n === 1 && loop.accumulated === undefined) {
-                    loss = yield* strategy.trainingStep(model, optimizer, userLoss, stepOptions)
+                    loss = yield* strategy.trainingStep(model, optimizer, userLoss, { ...stepOptions, metrics: metrics.step })
                   } else {
                     // Accumulation: sum the gradients of loss / n, one optimizer step per window.
                     const computed = yield* strategy.computeGradients(model, userLoss, 1 / n)
