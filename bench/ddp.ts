@@ -90,9 +90,15 @@ const module = (name: CaseName): TrainingModule<DataModule.XY> => ({
 const runOnce = (config: RunConfig) =>
   Effect.gen(function*() {
     const stamps: Array<number> = []
+    const cpu: Array<NodeJS.CpuUsage> = []
     const clock: Callback.Callback = {
       name: "bench-clock",
-      onTrainBatchEnd: () => Effect.sync(() => void stamps.push(performance.now()))
+      onTrainBatchEnd: () =>
+        Effect.sync(() => {
+          stamps.push(performance.now())
+          // CPU time of the whole process (every thread), to see how many cores it got.
+          cpu.push(process.cpuUsage())
+        })
     }
     const total = config.warmup + config.steps
     const strategy = config.devices === 0
@@ -122,8 +128,10 @@ const runOnce = (config: RunConfig) =>
       yield* trainer.fit(m, data)
       const model = yield* Effect.fromOption(trainer.model(m))
       const elapsed = stamps[stamps.length - 1]! - stamps[config.warmup - 1]!
+      const used = process.cpuUsage(cpu[config.warmup - 1])
       return {
         stepsPerSecond: (config.steps * 1000) / elapsed,
+        cores: (used.user + used.system) / 1000 / elapsed,
         weights: model.weights.map((w) => Float32Array.from(w.read().dataSync() as Float32Array))
       }
     }).pipe(Effect.provide(layers))
@@ -140,6 +148,11 @@ const summary = (xs: ReadonlyArray<number>) => ({
   min: Math.min(...xs),
   max: Math.max(...xs),
   runs: xs
+})
+
+const casesOf = (s: { single: Array<number>; parallel: Array<number>; singleCores: Array<number>; parallelCores: Array<number> }) => ({
+  single: { ...summary(s.single), coresUsed: summary(s.singleCores) },
+  dataParallel: { ...summary(s.parallel), coresUsed: summary(s.parallelCores) }
 })
 
 const sameBits = (a: ReadonlyArray<Float32Array>, b: ReadonlyArray<Float32Array>) =>
@@ -161,9 +174,12 @@ const main = Effect.gen(function*() {
   const repeats = Math.max(2, Number(values.repeats))
   const base = { steps: Number(values.steps), warmup: Number(values.warmup), backend: values.backend as Device.BackendChoice }
   const loadBefore = os.loadavg()
-  const samples: Record<CaseName, { single: Array<number>; parallel: Array<number> }> = {
-    mlp: { single: [], parallel: [] },
-    cnn: { single: [], parallel: [] }
+  const samples: Record<
+    CaseName,
+    { single: Array<number>; parallel: Array<number>; singleCores: Array<number>; parallelCores: Array<number> }
+  > = {
+    mlp: { single: [], parallel: [], singleCores: [], parallelCores: [] },
+    cnn: { single: [], parallel: [], singleCores: [], parallelCores: [] }
   }
   const mlpWeights: Array<ReadonlyArray<Float32Array>> = []
   for (let r = 0; r < repeats; r++) {
@@ -173,11 +189,13 @@ const main = Effect.gen(function*() {
       const parallel = yield* runOnce({ ...base, case: name, devices })
       samples[name].single.push(single.stepsPerSecond)
       samples[name].parallel.push(parallel.stepsPerSecond)
+      samples[name].singleCores.push(single.cores)
+      samples[name].parallelCores.push(parallel.cores)
       if (name === "mlp") mlpWeights.push(parallel.weights)
       console.log(
         `repeat ${r} ${name}: single ${single.stepsPerSecond.toFixed(1)} steps/s, dataParallel(${devices}) ${
           parallel.stepsPerSecond.toFixed(1)
-        } steps/s`
+        } steps/s (CPU cores used: ${single.cores.toFixed(2)} vs ${parallel.cores.toFixed(2)})`
       )
     }
   }
@@ -195,16 +213,25 @@ const main = Effect.gen(function*() {
     steps: base.steps,
     warmup: base.warmup,
     repeats,
-    mlp: { single: summary(samples.mlp.single), dataParallel: summary(samples.mlp.parallel) },
-    cnn: { single: summary(samples.cnn.single), dataParallel: summary(samples.cnn.parallel) },
+    mlp: casesOf(samples.mlp),
+    cnn: casesOf(samples.cnn),
     mlp_speedup: median(samples.mlp.parallel) / median(samples.mlp.single),
     cnn_speedup: median(samples.cnn.parallel) / median(samples.cnn.single),
+    // Steps per CPU-second, data parallel ÷ single: the work the replicas add (1: none).
+    // With `devices` idle cores, the speed-up would be about devices × this.
+    mlp_cpu_efficiency: median(samples.mlp.parallel.map((v, i) => v / samples.mlp.parallelCores[i]!)) /
+      median(samples.mlp.single.map((v, i) => v / samples.mlp.singleCores[i]!)),
+    cnn_cpu_efficiency: median(samples.cnn.parallel.map((v, i) => v / samples.cnn.parallelCores[i]!)) /
+      median(samples.cnn.single.map((v, i) => v / samples.cnn.singleCores[i]!)),
     deterministic: sameBits(mlpWeights[0]!, mlpWeights[1]!),
     loadavg: { before: loadBefore, after: os.loadavg() },
     scaling
   }
   console.log(
-    `mlp_speedup ${result.mlp_speedup.toFixed(2)} cnn_speedup ${result.cnn_speedup.toFixed(2)} deterministic ${result.deterministic} ` +
+    `mlp_speedup ${result.mlp_speedup.toFixed(2)} cnn_speedup ${result.cnn_speedup.toFixed(2)} ` +
+      `(per CPU-second: mlp ${result.mlp_cpu_efficiency.toFixed(2)}, cnn ${
+        result.cnn_cpu_efficiency.toFixed(2)
+      }) deterministic ${result.deterministic} ` +
       `(load average ${loadBefore[0]!.toFixed(1)} → ${result.loadavg.after[0]!.toFixed(1)} on ${result.cores} cores)`
   )
   if (values.json !== undefined) {
