@@ -120,11 +120,12 @@ export const shardRows = (batch: unknown, rank: number, worldSize: number): unkn
 
 const messageOf = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
-/** The CheckpointIO seen by ranks other than 0: reads go through, writes are skipped (rank 0 writes). */
+/** The CheckpointIO seen by ranks other than 0: reads go through, writes (save, remove, copy, flush) are skipped (rank 0 writes). */
 const readOnly = (io: CheckpointIOShape): CheckpointIOShape => ({
   ...io,
   save: () => Effect.void,
   remove: () => Effect.void,
+  copy: () => Effect.void,
   flush: Effect.void
 })
 

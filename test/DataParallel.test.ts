@@ -136,7 +136,7 @@ describe("DataParallel", () => {
       assert.strictEqual(DataParallel.liveWorkers(), 0)
     }))
 
-  it.effect("interrupting rank 0 stops every worker", () =>
+  it.effect("interrupting rank 0 stops every worker; the exception checkpoint is written once, by rank 0", () =>
     Effect.gen(function*() {
       const stepped = yield* Deferred.make<void>()
       const root = yield* tempRoot
@@ -148,5 +148,8 @@ describe("DataParallel", () => {
       assert.strictEqual(DataParallel.liveWorkers(), 1)
       yield* Fiber.interrupt(fiber)
       assert.strictEqual(DataParallel.liveWorkers(), 0)
+      const saves = savesOf(root)
+      assert.strictEqual(saves.filter((line) => line.includes("exception")).length, 1, saves.join("; "))
+      assert.isTrue(saves.every((line) => line.startsWith("0 ")), saves.join("; "))
     }))
 })

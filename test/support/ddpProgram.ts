@@ -70,7 +70,12 @@ const faults = (config: Config): Callback.Callback => ({
 /** Trains and returns rank 0's weights, step count and metrics; `extra` callbacks run on rank 0 only. */
 export const run = (config: Config, extra: ReadonlyArray<Callback.Callback> = []) =>
   Effect.gen(function*() {
-    const checkpoint = yield* ModelCheckpoint.make({ dirpath: path.join(config.root, "checkpoints"), saveLast: true, saveTopK: 0 })
+    const checkpoint = yield* ModelCheckpoint.make({
+      dirpath: path.join(config.root, "checkpoints"),
+      saveLast: true,
+      saveTopK: 0,
+      saveOnException: true
+    })
     const strategy = config.devices === 0
       ? Strategy.singleDevice()
       : Strategy.dataParallel({ devices: config.devices, entry: import.meta.url, argv: [JSON.stringify(config)] })
