@@ -13,6 +13,7 @@ const conditions = ["@effect-trainer/source"]
 const slow = [
   "test/bench-suite.test.ts",
   "test/bench.test.ts",
+  "test/DataParallel.test.ts",
   "test/S3CheckpointIO.test.ts",
   "test/cli.test.ts",
   "test/examples-sighup.test.ts",

@@ -7,6 +7,7 @@
  *   npm start -- --help
  *   npm start -- --max-epochs 3 --model mlp
  *   npm start -- --ckpt-path last --max-epochs 5      # continue where the last run stopped
+ *   npm start -- --devices 2                          # data parallel: 2 replicas (worker threads)
  *
  * Each model is its own experiment: `<root>/<model>/checkpoints` and
  * `<root>/<model>/logs/version_<n>`, so `--ckpt-path last` (or `best`) resumes the
@@ -144,6 +145,10 @@ const command = Command.make("effect-trainer-mnist", {
   syncIo: Flag.Boolean("sync-io").pipe(
     Flag.withDefault(false),
     Flag.withDescription("save checkpoints synchronously (default: in the background)")
+  ),
+  devices: Flag.Int("devices").pipe(
+    Flag.withDefault(1),
+    Flag.withDescription("data-parallel replicas on worker threads (docs/scale-out.md); 1: a single device")
   )
 }, (config) =>
   Effect.gen(function*() {
@@ -204,7 +209,7 @@ const command = Command.make("effect-trainer-mnist", {
       callbacks: [checkpoint],
       plugins: { checkpointIO: io }
     }).pipe(
-      Layer.provideMerge(Strategy.singleDevice()),
+      Layer.provideMerge(config.devices > 1 ? Strategy.dataParallel({ devices: config.devices }) : Strategy.singleDevice()),
       Layer.provideMerge(Device.layer(backend))
     )
     yield* program.pipe(Effect.provide(layers))

@@ -17,6 +17,8 @@ import { Context, Data, Effect, Layer } from "effect"
 import type { HostTensor } from "./Checkpoint.ts"
 import { RestoreError, type RestoreTarget, type StagedState, type TensorPlan } from "./CheckpointConnector.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
+import type { CollectiveError } from "./Collective.ts"
+import * as DataParallelModule from "./DataParallel.ts"
 import { Device, type DeviceError, type DeviceShape } from "./Device.ts"
 
 /** A strategy was configured in a way that can never work. */
@@ -54,6 +56,12 @@ export interface StepOptions {
   /** Clip gradients at this value (by global norm or element value); none when undefined. */
   readonly gradientClipVal?: number | undefined
   readonly gradientClipAlgorithm?: GradientClipAlgorithm | undefined
+  /**
+   * The metrics the step logs (filled while `loss()` runs). A multi-replica strategy
+   * may average them, and the loss, in place with the gradients (one round trip for
+   * both); a single device leaves them alone.
+   */
+  readonly metrics?: Map<string, number> | undefined
 }
 
 /** The Strategy contract: steps on the Device, staging for checkpoints, applying restored state. */
@@ -79,7 +87,7 @@ export interface StrategyShape {
     optimizer: tf.Optimizer,
     loss: () => tf.Scalar,
     options: StepOptions
-  ) => Effect.Effect<number, StepError>
+  ) => Effect.Effect<number, StepError | CollectiveError>
   /**
    * The first half of a step split for gradient accumulation: the gradients of
    * `loss() * scale` with respect to `model.trainableWeights` (in that order) and the
@@ -89,7 +97,7 @@ export interface StrategyShape {
     model: tf.LayersModel,
     loss: () => tf.Scalar,
     scale: number
-  ) => Effect.Effect<{ readonly loss: number; readonly grads: ReadonlyArray<tf.Tensor> }, StepError>
+  ) => Effect.Effect<{ readonly loss: number; readonly grads: ReadonlyArray<tf.Tensor> }, StepError | CollectiveError>
   /**
    * The second half: clips `grads` (one per trainable weight, in order) if asked and
    * applies them with one optimizer step. `grads` stay the caller's.
@@ -99,7 +107,7 @@ export interface StrategyShape {
     optimizer: tf.Optimizer,
     grads: ReadonlyArray<tf.Tensor>,
     options: StepOptions
-  ) => Effect.Effect<void, StepError>
+  ) => Effect.Effect<void, StepError | CollectiveError>
   /**
    * Host copies of the model weights and, unless weights only (`optimizer`
    * undefined), the optimizer state, under the device's own names;
@@ -123,6 +131,21 @@ export interface StrategyShape {
     optimizer: tf.Optimizer | undefined,
     plan: TensorPlan
   ) => Effect.Effect<void, RestoreError | DeviceError>
+  /**
+   * Multi-replica strategies (`DataParallel`) only; a single-device strategy leaves
+   * these out. `isGlobalZero` (default true): whether this replica logs, draws the
+   * progress bar and writes checkpoints. `reduceMetrics`: the metrics averaged over
+   * the replicas (every replica calls it at the same points). `shard`: this
+   * replica's part of a batch. `checkpointIOForRank`: the store as this rank uses it.
+   */
+  readonly rank?: number | undefined
+  readonly worldSize?: number | undefined
+  readonly isGlobalZero?: boolean | undefined
+  readonly reduceMetrics?:
+    | ((metrics: ReadonlyMap<string, number>) => Effect.Effect<ReadonlyMap<string, number>, CollectiveError>)
+    | undefined
+  readonly shard?: (<B>(batch: B) => B) | undefined
+  readonly checkpointIOForRank?: ((io: CheckpointIOShape) => CheckpointIOShape) | undefined
 }
 
 /** The Strategy service. Provide it with `singleDevice()` (or `layer`) over a `Device`. */
@@ -185,7 +208,8 @@ const computeGradients = (device: DeviceShape): StrategyShape["computeGradients"
         raw = tf.keep(loss())
         return scale === 1 ? raw : tf.mul(raw, tf.scalar(scale))
       }, varList)
-      value.dispose()
+      // With scale 1, `value` is `raw` itself: free it only when it is another tensor.
+      if (value !== raw) value.dispose()
       return { raw: raw!, grads: varList.map((v) => grads[v.name]!) }
     },
     catch: (cause) => new StepError({ step: "training step (gradients)", reason: messageOf(cause), cause })
@@ -383,3 +407,12 @@ export const singleDevice = <E = never, R = never>(
   options?: { readonly checkpointIO?: Layer.Layer<CheckpointIO, E, R> | undefined }
 ): Layer.Layer<Strategy, StrategyConfigError | E, Device | R> =>
   layer({ name: "SingleDeviceStrategy", checkpointIO: options?.checkpointIO })
+
+/**
+ * The data-parallel strategy (Lightning's `DDPStrategy`): `devices` replicas on
+ * worker threads, gradients averaged before each step, rank 0 alone logging and
+ * writing checkpoints. Defined in `DataParallel` (see there and docs/scale-out.md).
+ */
+export const dataParallel = (
+  options: DataParallelModule.DataParallelOptions
+): Layer.Layer<Strategy, StrategyConfigError, Device> => Layer.suspend(() => DataParallelModule.layer(options))

@@ -31,6 +31,7 @@ import * as Callback from "./Callback.ts"
 import type { Checkpoint, HostTensor, OptimizerConfig } from "./Checkpoint.ts"
 import * as CheckpointConnector from "./CheckpointConnector.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
+import type { CollectiveError } from "./Collective.ts"
 import * as CsvLogger from "./CsvLogger.ts"
 import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 import type { DataError, DataModule } from "./DataModule.ts"
@@ -63,6 +64,7 @@ export type TrainerError =
   | Callback.HookError
   | LRScheduler.LRSchedulerError
   | CheckpointConnector.WeightsMismatch
+  | CollectiveError
 
 /** Options of the Trainer, with Lightning's names in camelCase. */
 export interface TrainerOptions<E = never, R = never> {
@@ -423,7 +425,15 @@ export const make = <E = never, R = never>(
     const device = strategy.device
     const tfjs = device.tf
 
-    const checkpointIO = yield* chooseCheckpointIO(strategy, options.plugins?.checkpointIO)
+    const chosenIO = yield* chooseCheckpointIO(strategy, options.plugins?.checkpointIO)
+    // Data parallel: ranks other than 0 read checkpoints but leave writing to rank 0.
+    const checkpointIO = strategy.checkpointIOForRank?.(chosenIO) ?? chosenIO
+    const isGlobalZero = strategy.isGlobalZero ?? true
+    /** Metrics averaged over the replicas (as they are on a single device). */
+    const reduced = (metrics: ReadonlyMap<string, number>) =>
+      strategy.reduceMetrics === undefined ? Effect.succeed(metrics) : strategy.reduceMetrics(metrics)
+    const shard = <B>(stream: Stream.Stream<B, DataError>): Stream.Stream<B, DataError> =>
+      strategy.shard === undefined ? stream : Stream.map(stream, (batch) => strategy.shard!(batch))
     const maxSteps = options.maxSteps ?? -1
     const maxEpochs = options.maxEpochs ?? (maxSteps === -1 ? 1000 : Number.MAX_SAFE_INTEGER)
     const defaultRootDir = options.defaultRootDir ?? "runs"
@@ -455,8 +465,9 @@ export const make = <E = never, R = never>(
       return yield* new TrainerConfigError({ reason: `fastDevRun must be a boolean or a non-negative integer, got ${fast}` })
     }
     const builtIn: Array<Callback.Callback> = []
-    if (options.enableProgressBar !== false) builtIn.push(ProgressBar.make())
-    if (options.logger !== false) builtIn.push(yield* CsvLogger.make())
+    // Only rank 0 draws progress and logs (Lightning's rank-zero-only loggers).
+    if (options.enableProgressBar !== false && isGlobalZero) builtIn.push(ProgressBar.make())
+    if (options.logger !== false && isGlobalZero) builtIn.push(yield* CsvLogger.make())
     const userCallbacks = options.callbacks ?? []
     if (options.enableCheckpointing === false && userCallbacks.some(Callback.isCheckpoint)) {
       return yield* new TrainerConfigError({
@@ -871,7 +882,7 @@ export const make = <E = never, R = never>(
         yield* call(epochStart)
         let index = 0
         if (step !== undefined && limit > 0) {
-          yield* Stream.runForEachWhile(stream, (batch) =>
+          yield* Stream.runForEachWhile(shard(stream), (batch) =>
             Effect.gen(function*() {
               loop.batchIdx = index
               yield* call(batchStart, index)
@@ -882,7 +893,7 @@ export const make = <E = never, R = never>(
               return index < limit
             }))
         }
-        const means = metrics.means()
+        const means = yield* reduced(metrics.means())
         if (!loop.sanityChecking) {
           for (const [k, v] of means) loop.callbackMetrics.set(k, v)
           loop.loggedMetrics = new Map(means)
@@ -990,7 +1001,7 @@ export const make = <E = never, R = never>(
           let index = startBatch
           if (index < trainLimit) {
             yield* Stream.runForEachWhile(
-              startBatch > 0 ? Stream.drop(train(loop.epoch), startBatch) : train(loop.epoch),
+              shard(startBatch > 0 ? Stream.drop(train(loop.epoch), startBatch) : train(loop.epoch)),
               (batch) =>
                 Effect.gen(function*() {
                   loop.batchIdx = index
@@ -1000,7 +1011,11 @@ export const make = <E = never, R = never>(
                   let loss: number
                   let stepped = true
                   if (n === 1 && loop.accumulated === undefined) {
-                    loss = yield* withLogs(metrics, `${module.name}.trainingStep`, strategy.trainingStep(model, optimizer, userLoss, stepOptions))
+                    loss = yield* withLogs(
+                      metrics,
+                      `${module.name}.trainingStep`,
+                      strategy.trainingStep(model, optimizer, userLoss, { ...stepOptions, metrics: metrics.step })
+                    )
                   } else {
                     // Accumulation: sum the gradients of loss / n, one optimizer step per window.
                     const computed = yield* withLogs(metrics, `${module.name}.trainingStep`, strategy.computeGradients(model, userLoss, 1 / n))
@@ -1020,8 +1035,10 @@ export const make = <E = never, R = never>(
                     yield* stepSchedulers("step", index)
                   }
                   metrics.step.set("loss", loss)
-                  for (const [k, v] of metrics.step) loop.callbackMetrics.set(k, v)
-                  loop.loggedMetrics = takeLogged(metrics.step)
+                  const stepMetrics = yield* reduced(metrics.step)
+                  loss = stepMetrics.get("loss") ?? loss
+                  for (const [k, v] of stepMetrics) loop.callbackMetrics.set(k, v)
+                  loop.loggedMetrics = takeLogged(stepMetrics)
                   metrics.step.clear()
                   if (maxSteps !== -1 && loop.globalStep >= maxSteps) loop.shouldStop = true
                   const last = index + 1 >= perEpoch
@@ -1060,7 +1077,7 @@ export const make = <E = never, R = never>(
             loop.globalStep++
             yield* stepSchedulers("step", index - 1)
           }
-          const means = metrics.means()
+          const means = yield* reduced(metrics.means())
           for (const [k, v] of means) loop.callbackMetrics.set(k, v)
           // Loggers see exactly the epoch-level training metrics here (maybe none).
           loop.loggedMetrics = takeLogged(means)
