@@ -304,13 +304,19 @@ const main = async () => {
   const spread = (xs: ReadonlyArray<number>, digits = 2) => xs.map((x) => x.toFixed(digits)).join(" ")
   console.log(`checkpoint: ${values.mb} MiB in ${tensorCount} float32 tensors, ${repeats} repeats, medians`)
   console.log(`sync save                          ${ms(m.sync)}`)
-  console.log(`async save blocks (transfer)       ${ms(m.blockTransfer)}   blocking_vs_sync = ${result.blocking_vs_sync.toFixed(4)} (target <= 0.05)`)
+  console.log(
+    `async save blocks (transfer)       ${ms(m.blockTransfer)}   blocking_vs_sync = ${result.blocking_vs_sync.toFixed(4)} (target <= 0.05)`
+  )
   console.log(`async save blocks (copy)           ${ms(m.blockCopy)}   ratio ${(m.blockCopy / m.sync).toFixed(3)}`)
   console.log(`background write, checksum worker   ${ms(m.background)}   ratio to sync ${(m.background / m.sync).toFixed(3)}`)
   console.log(`background write, checksum on main  ${ms(m.backgroundMain)}   ratio to sync ${(m.backgroundMain / m.sync).toFixed(3)}`)
   console.log(`step time during a background save, checksum worker:  x${m.slowdownWorker.toFixed(3)} (target <= 1.10)`)
   console.log(`step time during a background save, checksum on main: x${m.slowdownMain.toFixed(3)}`)
-  console.log(`peak extra memory, transfer: RSS ${mib(m.peakRssTransfer)}, arrayBuffers ${mib(m.peakArrayBuffersTransfer)}; copy: RSS ${mib(m.peakRssCopy)}, arrayBuffers ${mib(m.peakArrayBuffersCopy)}`)
+  console.log(
+    `peak extra memory, transfer: RSS ${mib(m.peakRssTransfer)}, arrayBuffers ${mib(m.peakArrayBuffersTransfer)}; copy: RSS ${
+      mib(m.peakRssCopy)
+    }, arrayBuffers ${mib(m.peakArrayBuffersCopy)}`
+  )
   console.log(`spread: sync ${spread(samples.sync, 0)} | transfer ${spread(samples.blockTransfer)} | copy ${spread(samples.blockCopy, 0)}`)
   console.log(`spread: slowdown worker ${spread(samples.slowdownWorker, 3)} | main ${spread(samples.slowdownMain, 3)}`)
   if (values.json !== undefined) {

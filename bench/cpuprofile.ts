@@ -40,7 +40,13 @@ export interface SelfTime {
 
 const nameOf = (node: ProfileNode): string => {
   const { functionName, lineNumber, url } = node.callFrame
-  if (url === "") return functionName === "" ? "(anonymous native)" : functionName.startsWith("(") ? functionName : `${functionName} (native)`
+  if (url === "") {
+    return functionName === ""
+      ? "(anonymous native)"
+      : functionName.startsWith("(")
+      ? functionName
+      : `${functionName} (native)`
+  }
   const file = url.includes("/node_modules/")
     ? url.slice(url.lastIndexOf("/node_modules/") + 14)
     : url.startsWith("file://")

@@ -105,7 +105,10 @@ const bareStepper = (tfjs: typeof tf, c: Case, data: DataModule.XY) => {
   const step = (b: number): Promise<void> => {
     const at = b % batches
     const cost = tfjs.tidy(() => {
-      const x = tfjs.tensor((data.x.data as Float32Array).subarray(at * c.batchSize * rowSize, (at + 1) * c.batchSize * rowSize), [c.batchSize, ...c.inputShape])
+      const x = tfjs.tensor((data.x.data as Float32Array).subarray(at * c.batchSize * rowSize, (at + 1) * c.batchSize * rowSize), [
+        c.batchSize,
+        ...c.inputShape
+      ])
       const y = tfjs.tensor((data.y.data as Float32Array).subarray(at * c.batchSize * 10, (at + 1) * c.batchSize * 10), [c.batchSize, 10])
       return optimizer.minimize(() => lossOf(tfjs, model, x, y), true)!
     })
@@ -239,7 +242,16 @@ export const measureTrainer = (options: TrainerOptions) =>
     for (const { name, steps } of options.cases) {
       const c = cases.find((x) => x.name === name)!
       const data = syntheticData(c, steps + 3)
-      const samples: TrainerCaseSamples = { name, steps, batchSize: c.batchSize, bare: [], trainer: [], ratios: [], gcTrainerMsPerStep: [], gcBareMsPerStep: [] }
+      const samples: TrainerCaseSamples = {
+        name,
+        steps,
+        batchSize: c.batchSize,
+        bare: [],
+        trainer: [],
+        ratios: [],
+        gcTrainerMsPerStep: [],
+        gcBareMsPerStep: []
+      }
       for (let r = 0; r < options.repeats; r++) {
         const { bare, gcBareMsPerStep, gcTrainerMsPerStep, trainer } = yield* interleaved(tfjs, c, data, steps)
         samples.gcBareMsPerStep.push(gcBareMsPerStep)

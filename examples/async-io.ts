@@ -17,11 +17,11 @@
  */
 import { Clock, Effect, Layer, Option } from "effect"
 import { AsyncCheckpointIO, Checkpoint, CheckpointIO, MemoryCheckpointIO } from "effect-trainer"
+import { runMain } from "effect-trainer/cli"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
-import { runMain } from "effect-trainer/cli"
 
 const { values } = parseArgs({ options: { root: { type: "string" } } })
 const root = path.resolve(values.root ?? fs.mkdtempSync(path.join(os.tmpdir(), "effect-trainer-async-io-")))

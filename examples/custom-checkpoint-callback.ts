@@ -16,12 +16,12 @@
 import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import { Callback, Device, ModelCheckpoint, Strategy, Trainer } from "effect-trainer"
-import { iris, irisData } from "./iris.ts"
+import { runMain } from "effect-trainer/cli"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
-import { runMain } from "effect-trainer/cli"
+import { iris, irisData } from "./iris.ts"
 
 const { values } = parseArgs({ options: { root: { type: "string" } } })
 const root = path.resolve(values.root ?? fs.mkdtempSync(path.join(os.tmpdir(), "effect-trainer-callback-")))
@@ -86,8 +86,7 @@ class EveryNSteps extends Callback.Checkpoint implements Callback.Callback {
 /** A plain callback, given first: the checkpoint callbacks still run after it. */
 const printEpoch: Callback.Callback = {
   name: "PrintEpoch",
-  onTrainEpochEnd: (trainer) =>
-    Effect.sync(() => console.log(`epoch ${trainer.currentEpoch} done at step ${trainer.globalStep}`))
+  onTrainEpochEnd: (trainer) => Effect.sync(() => console.log(`epoch ${trainer.currentEpoch} done at step ${trainer.globalStep}`))
 }
 
 // ---------------------------------------------------------------------------

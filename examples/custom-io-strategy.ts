@@ -13,17 +13,9 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
-import {
-  Checkpoint,
-  CheckpointIO,
-  Device,
-  MemoryCheckpointIO,
-  ModelCheckpoint,
-  Strategy,
-  Trainer
-} from "effect-trainer"
-import { iris, irisData } from "./iris.ts"
+import { Checkpoint, CheckpointIO, Device, MemoryCheckpointIO, ModelCheckpoint, Strategy, Trainer } from "effect-trainer"
 import { runMain } from "effect-trainer/cli"
+import { iris, irisData } from "./iris.ts"
 
 // ---------------------------------------------------------------------------
 // The custom store (as in custom-io-trainer.ts): logs and counts every call, then

@@ -13,21 +13,13 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer, Option } from "effect"
-import {
-  Checkpoint,
-  CheckpointIO,
-  Device,
-  FileCheckpointIO,
-  ModelCheckpoint,
-  Strategy,
-  Trainer
-} from "effect-trainer"
-import { iris, irisData } from "./iris.ts"
+import { Checkpoint, CheckpointIO, Device, FileCheckpointIO, ModelCheckpoint, Strategy, Trainer } from "effect-trainer"
+import { runMain } from "effect-trainer/cli"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
-import { runMain } from "effect-trainer/cli"
+import { iris, irisData } from "./iris.ts"
 
 const { values } = parseArgs({
   options: {

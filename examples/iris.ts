@@ -22,8 +22,7 @@ export const irisData = (): DataModule.DataModule<DataModule.XY> => {
   )
 }
 
-const accuracy = (t: typeof tf, y: tf.Tensor, p: tf.Tensor) =>
-  t.mean(t.equal(t.argMax(y, 1), t.argMax(p, 1)).cast("float32")) as tf.Scalar
+const accuracy = (t: typeof tf, y: tf.Tensor, p: tf.Tensor) => t.mean(t.equal(t.argMax(y, 1), t.argMax(p, 1)).cast("float32")) as tf.Scalar
 
 /** 4 → 16 (relu) → 3 logits; Adam; logs train_loss, val_acc and test_acc. */
 export const iris: TrainingModule.TrainingModule<DataModule.XY> = {

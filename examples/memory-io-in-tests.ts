@@ -15,8 +15,8 @@
 import { NodeServices } from "@effect/platform-node"
 import { Effect, FileSystem, Layer, Option, type Scope } from "effect"
 import { Checkpoint, CheckpointIO, FaultyFileSystem, FileCheckpointIO, MemoryCheckpointIO } from "effect-trainer"
-import * as assert from "node:assert/strict"
 import { runMain } from "effect-trainer/cli"
+import * as assert from "node:assert/strict"
 
 // ---------------------------------------------------------------------------
 // The code under test: storage-agnostic, it only needs a CheckpointIO.

@@ -7,9 +7,9 @@
 import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import { Device, Strategy, Trainer } from "effect-trainer"
-import { iris, irisData } from "./iris.ts"
-import { parseArgs } from "node:util"
 import { runMain } from "effect-trainer/cli"
+import { parseArgs } from "node:util"
+import { iris, irisData } from "./iris.ts"
 
 const { values } = parseArgs({
   options: {

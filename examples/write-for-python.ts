@@ -11,9 +11,9 @@
  */
 import { Effect } from "effect"
 import { Checkpoint, CheckpointIO, FileCheckpointIO } from "effect-trainer"
+import { runMain } from "effect-trainer/cli"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
-import { runMain } from "effect-trainer/cli"
 
 const { values } = parseArgs({ options: { out: { type: "string", default: "runs/for-python.ckpt" } } })
 const out = path.resolve(values.out)

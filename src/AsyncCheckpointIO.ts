@@ -44,18 +44,18 @@
  */
 import { Cause, Clock, Deferred, Duration, Effect, FiberSet, Layer, Metric, Option, Semaphore } from "effect"
 import { arrayConstructor, type Checkpoint, type HostTensor, type TensorData } from "./Checkpoint.ts"
-import * as ChecksumWorker from "./ChecksumWorker.ts"
 import {
   type BackgroundFailure,
   BackgroundSaveFailed,
+  checkPath,
   CheckpointInvalidArgument,
   CheckpointIO,
   type CheckpointIOError,
   type CheckpointIOShape,
   CheckpointStorageError,
-  checkPath,
   type SaveOptions
 } from "./CheckpointIO.ts"
+import * as ChecksumWorker from "./ChecksumWorker.ts"
 import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 import * as SafeTensors from "./SafeTensors.ts"
 
@@ -231,7 +231,11 @@ export const make = (options?: Options) =>
             const tensors = yield* Effect.try({
               try: () => snapshotTensors(checkpoint.tensors, options?.snapshot ?? "copy"),
               catch: (cause) =>
-                new CheckpointInvalidArgument({ operation: "save", path, reason: `could not take a snapshot of the tensors: ${String(cause)}` })
+                new CheckpointInvalidArgument({
+                  operation: "save",
+                  path,
+                  reason: `could not take a snapshot of the tensors: ${String(cause)}`
+                })
             })
             const snapshot: Checkpoint = { ...checkpoint, tensors }
             const queuedAt = yield* Clock.currentTimeMillis

@@ -27,7 +27,23 @@ import { libraryVersion } from "./version.ts"
  * TensorFlow.js itself only computes in `F32`, `I32` and `BOOL`; see
  * `LoadOptions.dtypes` for converting the others on load.
  */
-export const DTypes = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2"] as const
+export const DTypes = [
+  "F64",
+  "F32",
+  "F16",
+  "BF16",
+  "I64",
+  "I32",
+  "I16",
+  "I8",
+  "U64",
+  "U32",
+  "U16",
+  "U8",
+  "BOOL",
+  "F8_E4M3",
+  "F8_E5M2"
+] as const
 
 /** A safetensors dtype name (`"F32"`, `"I64"`, …). */
 export type DType = typeof DTypes[number]

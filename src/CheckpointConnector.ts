@@ -88,8 +88,7 @@ export const modelTensorName = (variable: string): string => `${modelPrefix}${va
  *
  * @since 0.2.0
  */
-export const optimizerSlotName = (index: number, slot: string): string =>
-  `${optimizerPrefix}${String(index).padStart(4, "0")}/${slot}`
+export const optimizerSlotName = (index: number, slot: string): string => `${optimizerPrefix}${String(index).padStart(4, "0")}/${slot}`
 
 /**
  * The tensor name of an optimizer variable that `getWeights` leaves out: `optimizer/state/<key>`.
@@ -213,7 +212,10 @@ export const FitLoopState = Schema.Struct({
 export type FitLoopState = typeof FitLoopState.Type
 
 /** The first path and message of a Schema issue. */
-const firstIssue = (issue: SchemaIssue.Issue, path: ReadonlyArray<PropertyKey> = []): { path: ReadonlyArray<PropertyKey>; message: string } => {
+const firstIssue = (
+  issue: SchemaIssue.Issue,
+  path: ReadonlyArray<PropertyKey> = []
+): { path: ReadonlyArray<PropertyKey>; message: string } => {
   if (issue._tag === "Pointer") return firstIssue(issue.issue, [...path, ...issue.path])
   if (issue._tag === "Composite" || issue._tag === "AnyOf") {
     const first = issue.issues[0]
@@ -234,7 +236,9 @@ export const decodeFitLoop = (path: string, value: unknown): Result.Result<FitLo
     return new RestoreError({
       path,
       field: ["meta.loops.fit", ...at.map(String)].join("."),
-      reason: `${message} (got ${JSON.stringify(at.reduce<unknown>((v, k) => (v as Record<PropertyKey, unknown> | undefined)?.[k], value)) ?? "nothing"})`,
+      reason: `${message} (got ${
+        JSON.stringify(at.reduce<unknown>((v, k) => (v as Record<PropertyKey, unknown> | undefined)?.[k], value)) ?? "nothing"
+      })`,
       cause: error
     })
   })
@@ -496,7 +500,9 @@ const matchModel = (
       new RestoreError({
         path,
         field: "model",
-        reason: `the model has ${model.length} weights, the checkpoint ${saved.length} (${saved.slice(0, 4).join(", ")}${saved.length > 4 ? ", …" : ""})`
+        reason: `the model has ${model.length} weights, the checkpoint ${saved.length} (${saved.slice(0, 4).join(", ")}${
+          saved.length > 4 ? ", …" : ""
+        })`
       })
     )
   }
@@ -533,14 +539,23 @@ const matchOptimizer = (
   const stateNames = Object.keys(tensors).filter((k) => parseTensorName(k).section === "optimizerState").sort()
   const savedOptimizer = Option.isSome(meta) ? meta.value.optimizer : null
   if (savedOptimizer !== null && savedOptimizer.className !== target.className) {
-    return fail("meta.optimizer.className", `the checkpoint holds the state of ${savedOptimizer.className}, the module's optimizer is ${target.className}`)
+    return fail(
+      "meta.optimizer.className",
+      `the checkpoint holds the state of ${savedOptimizer.className}, the module's optimizer is ${target.className}`
+    )
   }
   if (slots.length === 0) {
     if (savedOptimizer !== null) {
-      return fail("optimizer", `the checkpoint's meta says a ${savedOptimizer.className} optimizer was saved, but it holds no optimizer/<index>/<slot> tensor`)
+      return fail(
+        "optimizer",
+        `the checkpoint's meta says a ${savedOptimizer.className} optimizer was saved, but it holds no optimizer/<index>/<slot> tensor`
+      )
     }
     if (target.slotCount !== undefined) {
-      return fail("optimizer", `the optimizer has state (${target.slotCount} slots), the checkpoint has none: it would keep state that does not belong to these weights`)
+      return fail(
+        "optimizer",
+        `the optimizer has state (${target.slotCount} slots), the checkpoint has none: it would keep state that does not belong to these weights`
+      )
     }
     if (stateNames.length > 0) return fail(stateNames[0]!, "optimizer state without optimizer slots")
     return Result.succeed(undefined)
@@ -567,7 +582,10 @@ const matchOptimizer = (
     const entry = perVariable[j]!
     const owner = grouped ? variables[j % variables.length] : ownerByName(entry.slot, byName)
     if (owner === undefined) {
-      return fail(entry.tensorName, `${perVariable.length} per-variable slots do not divide among the optimizer's ${variables.length} variables`)
+      return fail(
+        entry.tensorName,
+        `${perVariable.length} per-variable slots do not divide among the optimizer's ${variables.length} variables`
+      )
     }
     owners.push(owner)
   }
@@ -583,7 +601,10 @@ const matchOptimizer = (
     const owner = owners[j]!
     const shape = tensors[entry.tensorName]!.shape
     if (!sameShape(shape, owner.shape)) {
-      return fail(entry.tensorName, `the slot belongs to ${owner.name} of shape ${shapeText(owner.shape)}, the checkpoint has ${shapeText(shape)}`)
+      return fail(
+        entry.tensorName,
+        `the slot belongs to ${owner.name} of shape ${shapeText(owner.shape)}, the checkpoint has ${shapeText(shape)}`
+      )
     }
   }
   const stateSpecs = new Map(target.state.map((s) => [s.key, s.shape]))
@@ -625,7 +646,11 @@ const matchLoop = (
   const fit = decoded.success
   if (fit.globalStep !== undefined && fit.globalStep !== meta.globalStep) {
     return Result.fail(
-      new RestoreError({ path, field: "meta.loops.fit.globalStep", reason: `${fit.globalStep} disagrees with meta.globalStep ${meta.globalStep}` })
+      new RestoreError({
+        path,
+        field: "meta.loops.fit.globalStep",
+        reason: `${fit.globalStep} disagrees with meta.globalStep ${meta.globalStep}`
+      })
     )
   }
   const batches = context.numTrainBatches

@@ -29,20 +29,20 @@
  *
  * @since 0.1.0
  */
-import { Clock, Duration, Effect, Exit, FileSystem, Layer, Option, Path, type PlatformError, type Scope } from "effect"
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
+import { Clock, Duration, Effect, Exit, FileSystem, Layer, Option, Path, type PlatformError, type Scope } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { constants as fsConstants, promises as fsPromises, readFileSync, readlinkSync } from "node:fs"
 import { hostname, totalmem } from "node:os"
 import {
+  checkPath,
+  type CheckpointEntry,
   CheckpointInvalidArgument,
   CheckpointIO,
-  make as CheckpointIOMake,
-  type CheckpointEntry,
   type CheckpointIOError,
   type CheckpointIOShape,
   CheckpointNotFound,
-  checkPath,
+  make as CheckpointIOMake,
   type Operation,
   storageError
 } from "./CheckpointIO.ts"
@@ -126,8 +126,7 @@ const refuseUrl = (operation: Operation, file: string): Effect.Effect<void, Chec
     )
     : Effect.void
 
-const isNotFound = (error: PlatformError.PlatformError): boolean =>
-  error.reason._tag === "NotFound"
+const isNotFound = (error: PlatformError.PlatformError): boolean => error.reason._tag === "NotFound"
 
 /** Options of the file store. */
 export interface Options {
@@ -189,303 +188,303 @@ const nodeReadOpener: ReadOpener = (target) =>
 const makeInternal = (
   options: Options,
   readOpener: ReadOpener | undefined
-): Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> => Effect.gen(function*() {
-  const fs = yield* FileSystem.FileSystem
-  const path = yield* Path.Path
-  const identity = options.writerIdentity ?? writerIdentity
-  const staleAfterMillis = Duration.toMillis(Duration.fromInputUnsafe(options.staleTemporaryAfter ?? "1 hour"))
-  const limits: SafeTensors.ReadLimits = { maxBytes: options.maxLoadBytes }
-  /** When each directory was last swept (Clock milliseconds). */
-  const cleanedDirectories = new Map<string, number>()
+): Effect.Effect<CheckpointIOShape, never, FileSystem.FileSystem | Path.Path> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = yield* Path.Path
+    const identity = options.writerIdentity ?? writerIdentity
+    const staleAfterMillis = Duration.toMillis(Duration.fromInputUnsafe(options.staleTemporaryAfter ?? "1 hour"))
+    const limits: SafeTensors.ReadLimits = { maxBytes: options.maxLoadBytes }
+    /** When each directory was last swept (Clock milliseconds). */
+    const cleanedDirectories = new Map<string, number>()
 
-  const fail = (operation: Operation, file: string) => (error: PlatformError.PlatformError) =>
-    isNotFound(error)
-      ? new CheckpointNotFound({ operation, path: file })
-      : storageError(operation, file)(error)
+    const fail = (operation: Operation, file: string) => (error: PlatformError.PlatformError) =>
+      isNotFound(error)
+        ? new CheckpointNotFound({ operation, path: file })
+        : storageError(operation, file)(error)
 
-  /** Is the temporary file `name` (modified at `modifiedAt`) stale at `now`? */
-  const isStale = (name: string, modifiedAt: number | undefined, now: number): boolean => {
-    if (inUse.has(name)) return false
-    const owner = temporaryOwner(name)
-    if (owner !== undefined && owner.identity === identity) {
-      // Our host, boot and pid namespace: the pid says whether its writer is gone.
-      if (owner.pid === process.pid || !processIsAlive(owner.pid)) return true
+    /** Is the temporary file `name` (modified at `modifiedAt`) stale at `now`? */
+    const isStale = (name: string, modifiedAt: number | undefined, now: number): boolean => {
+      if (inUse.has(name)) return false
+      const owner = temporaryOwner(name)
+      if (owner !== undefined && owner.identity === identity) {
+        // Our host, boot and pid namespace: the pid says whether its writer is gone.
+        if (owner.pid === process.pid || !processIsAlive(owner.pid)) return true
+      }
+      // Another writer's (its pid means nothing here), or a live pid that may have been
+      // reused: stale only once it has not been touched for the threshold.
+      return modifiedAt !== undefined && now - modifiedAt >= staleAfterMillis
     }
-    // Another writer's (its pid means nothing here), or a live pid that may have been
-    // reused: stale only once it has not been touched for the threshold.
-    return modifiedAt !== undefined && now - modifiedAt >= staleAfterMillis
-  }
 
-  /**
-   * Removes temporary files whose writer is gone (see `isStale`); once per directory
-   * per `staleTemporaryAfter`, so that a foreign file is swept once it is old enough.
-   */
-  const cleanStaleTemporaries = (dir: string) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeMillis
-      const last = cleanedDirectories.get(dir)
-      if (last !== undefined && now - last < staleAfterMillis) return
-      const names = yield* fs.readDirectory(dir)
-      for (const name of names) {
-        if (!isTemporaryName(name) || temporaryOwner(name) === undefined) continue
-        const full = path.join(dir, name)
-        const info = yield* fs.stat(full).pipe(Effect.option)
-        if (Option.isNone(info)) continue // gone meanwhile
-        const modifiedAt = Option.getOrUndefined(Option.map(info.value.mtime, (d) => d.getTime()))
-        if (!isStale(name, modifiedAt, now)) continue
-        yield* fs.remove(full, { force: true }).pipe(
-          Effect.tap(() => Effect.logDebug(`removed stale temporary checkpoint file ${full}`))
-        )
-      }
-      cleanedDirectories.set(dir, now)
-    }).pipe(
-      // Cleaning is housekeeping: it never fails a save.
-      Effect.catch((error) => Effect.logWarning(`could not clean temporary files in ${dir}: ${error.message}`))
-    )
-
-  const syncDirectory = (dir: string) => Effect.scoped(Effect.flatMap(fs.open(dir, { flag: "r" }), (d) => d.sync))
-
-  /**
-   * Creates `dir` and its missing parents. When `durable`, each directory created is
-   * made durable in its parent (an fsync of the parent): otherwise a power cut after
-   * the save returned could take the new directory, and the checkpoint in it, away.
-   */
-  const makeDirectories = (dir: string, durable: boolean) =>
-    Effect.gen(function*() {
-      const missing: Array<string> = []
-      for (let d = dir; !(yield* fs.exists(d)); d = path.dirname(d)) {
-        missing.push(d)
-        if (path.dirname(d) === d) break
-      }
-      // One level at a time, not Node's recursive mkdir: that one reports ENOENT for a
-      // read-only file system and loops forever under /proc.
-      const topDown = [...missing].reverse()
-      if (topDown.length === 0) yield* fs.makeDirectory(dir, { recursive: true })
-      for (const d of topDown) {
-        yield* fs.makeDirectory(d).pipe(Effect.catchIf((error) => error.reason._tag === "AlreadyExists", () => Effect.void))
-      }
-      if (durable) for (const d of topDown) yield* syncDirectory(path.dirname(d))
-    })
-
-  /** With `durable`, the data is synced before the header (see `ByteSink.sync`), then all of it. */
-  const fileSink = (file: FileSystem.File, durable: boolean): SafeTensors.ByteSink<PlatformError.PlatformError> => ({
-    write: (chunk) => file.writeAll(chunk),
-    writeAt: (position, chunk) =>
-      Effect.flatMap(file.seek(BigInt(position), "start"), () => file.writeAll(chunk)),
-    sync: durable ? file.sync : undefined
-  })
-
-  const fileSource = (file: FileSystem.File, size: number): SafeTensors.ByteSource<PlatformError.PlatformError> => ({
-    size,
-    read: (into, position) => file.read(into, { position: BigInt(position) })
-  })
-
-  const resolveTarget = (operation: Operation, file: string) =>
-    Effect.andThen(refuseUrl(operation, file), Effect.as(checkPath(operation, file), path.resolve(file)))
-
-  /** A name the file system would refuse can never be saved: say so up front. */
-  const checkNameLength = (operation: Operation, target: string) => {
-    const bytes = new TextEncoder().encode(path.basename(target)).byteLength
-    return bytes > maxNameBytes
-      ? Effect.fail(
-        new CheckpointInvalidArgument({
-          operation,
-          path: target,
-          reason: `the file name is ${bytes} bytes long, more than the ${maxNameBytes} bytes file systems accept`
-        })
+    /**
+     * Removes temporary files whose writer is gone (see `isStale`); once per directory
+     * per `staleTemporaryAfter`, so that a foreign file is swept once it is old enough.
+     */
+    const cleanStaleTemporaries = (dir: string) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeMillis
+        const last = cleanedDirectories.get(dir)
+        if (last !== undefined && now - last < staleAfterMillis) return
+        const names = yield* fs.readDirectory(dir)
+        for (const name of names) {
+          if (!isTemporaryName(name) || temporaryOwner(name) === undefined) continue
+          const full = path.join(dir, name)
+          const info = yield* fs.stat(full).pipe(Effect.option)
+          if (Option.isNone(info)) continue // gone meanwhile
+          const modifiedAt = Option.getOrUndefined(Option.map(info.value.mtime, (d) => d.getTime()))
+          if (!isStale(name, modifiedAt, now)) continue
+          yield* fs.remove(full, { force: true }).pipe(
+            Effect.tap(() => Effect.logDebug(`removed stale temporary checkpoint file ${full}`))
+          )
+        }
+        cleanedDirectories.set(dir, now)
+      }).pipe(
+        // Cleaning is housekeeping: it never fails a save.
+        Effect.catch((error) => Effect.logWarning(`could not clean temporary files in ${dir}: ${error.message}`))
       )
-      : Effect.void
-  }
 
-  /**
-   * Commits `tmp` as `target`. If the directory fsync fails after the rename, the
-   * previous checkpoint is put back (or, when there was none, the new name removed).
-   */
-  const commit = (tmp: string, target: string, dir: string, durable: boolean) =>
-    Effect.gen(function*() {
-      // A hard link keeps the previous checkpoint reachable until the new one is durable.
-      const backupName = temporaryName(path.basename(target), identity, process.pid)
-      const backup = path.join(dir, backupName)
-      inUse.add(backupName)
-      const previous = yield* fs.link(target, backup).pipe(
-        Effect.as("linked" as const),
-        Effect.catch((error) => Effect.succeed(isNotFound(error) ? "none" as const : "unlinkable" as const))
-      )
-      const rollback = previous === "linked"
-        ? fs.rename(backup, target)
-        : previous === "none"
-        ? fs.remove(target, { force: true })
-        : Effect.void // the new file is all there is: keep it
-      yield* fs.rename(tmp, target).pipe(
-        Effect.andThen(durable ? syncDirectory(dir).pipe(Effect.tapError(() => Effect.ignore(rollback))) : Effect.void),
-        Effect.ensuring(Effect.andThen(
-          previous === "linked" ? Effect.ignore(fs.remove(backup, { force: true })) : Effect.void,
-          Effect.sync(() => inUse.delete(backupName))
-        ))
-      )
-    }).pipe(Effect.uninterruptible)
+    const syncDirectory = (dir: string) => Effect.scoped(Effect.flatMap(fs.open(dir, { flag: "r" }), (d) => d.sync))
 
-  const save: CheckpointIOShape["save"] = Effect.fn("FileCheckpointIO.save")(function*(checkpoint, file, options) {
-    const target = yield* resolveTarget("save", file)
-    yield* Effect.annotateCurrentSpan({ path: target })
-    yield* checkNameLength("save", target)
-    const planned = yield* SafeTensors.plan(checkpoint, target)
-    const durable = options?.durable ?? true
-    const dir = path.dirname(target)
-    yield* makeDirectories(dir, durable).pipe(Effect.mapError(storageError("save", target)))
-    yield* cleanStaleTemporaries(dir)
-    const tmpName = temporaryName(path.basename(target), identity, process.pid)
-    const tmp = path.join(dir, tmpName)
-    inUse.add(tmpName)
-    yield* Effect.gen(function*() {
-      yield* Effect.scoped(Effect.gen(function*() {
-        const handle = yield* fs.open(tmp, { flag: "wx" })
-        yield* SafeTensors.write(planned, fileSink(handle, durable))
-        if (durable) yield* handle.sync
-      }))
-      yield* commit(tmp, target, dir, durable)
-    }).pipe(
-      Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
-      Effect.ensuring(Effect.sync(() => inUse.delete(tmpName))),
-      Effect.mapError(storageError("save", target))
-    )
-  })
-
-  /**
-   * Opens a regular file for reading. Over a generic `FileSystem` (which has no
-   * non-blocking open): stat first, so that a FIFO or a device is refused without
-   * being opened, then fstat the open file, so that a swap in between is refused too
-   * (the Node layer opens with `O_NONBLOCK`, see `nodeReadOpener`).
-   */
-  const openForRead: ReadOpener = readOpener ?? ((target) =>
-    Effect.gen(function*() {
-      const notAFile = (type: string) =>
-        new CheckpointInvalidArgument({ operation: "load", path: target, reason: `is a ${type}, not a regular file` })
-      const before = yield* fs.stat(target).pipe(Effect.mapError(fail("load", target)))
-      if (before.type !== "File") return yield* notAFile(before.type)
-      const handle = yield* fs.open(target, { flag: "r" }).pipe(Effect.mapError(fail("load", target)))
-      const info = yield* handle.stat.pipe(Effect.mapError(fail("load", target)))
-      if (info.type !== "File") return yield* notAFile(info.type)
-      const source = fileSource(handle, Number(info.size))
-      return { size: source.size, read: (into, position) => source.read(into, position).pipe(Effect.mapError(fail("load", target))) }
-    }))
-
-  const load: CheckpointIOShape["load"] = Effect.fn("FileCheckpointIO.load")(function*(file, options) {
-    const target = yield* resolveTarget("load", file)
-    yield* Effect.annotateCurrentSpan({ path: target })
-    return yield* Effect.scoped(Effect.gen(function*() {
-      const source = yield* openForRead(target)
-      return yield* SafeTensors.read(source, target, options, limits)
-    }))
-  })
-
-  const copy: CheckpointIOShape["copy"] = Effect.fn("FileCheckpointIO.copy")(function*(source, target) {
-    const from = yield* resolveTarget("copy", source)
-    const to = yield* resolveTarget("copy", target)
-    yield* Effect.annotateCurrentSpan({ source: from, target: to })
-    const info = yield* fs.stat(from).pipe(Effect.mapError(fail("copy", from)))
-    if (info.type !== "File") {
-      return yield* new CheckpointInvalidArgument({ operation: "copy", path: from, reason: `is a ${info.type}, not a file` })
-    }
-    if (from === to) return
-    yield* checkNameLength("copy", to)
-    const dir = path.dirname(to)
-    yield* makeDirectories(dir, true).pipe(Effect.mapError(storageError("copy", to)))
-    const tmpName = temporaryName(path.basename(to), identity, process.pid)
-    const tmp = path.join(dir, tmpName)
-    inUse.add(tmpName)
-    yield* Effect.gen(function*() {
-      // A hard link: no bytes copied, and the target keeps this content even when the
-      // source is saved again. Where links are refused (another device, no support), a copy.
-      const linked = yield* fs.link(from, tmp).pipe(Effect.as(true), Effect.catch(() => Effect.succeed(false)))
-      if (!linked) {
-        yield* fs.copyFile(from, tmp)
-        yield* Effect.scoped(Effect.flatMap(fs.open(tmp, { flag: "r+" }), (f) => f.sync))
-      }
-      yield* commit(tmp, to, dir, true)
-    }).pipe(
-      Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
-      Effect.ensuring(Effect.sync(() => inUse.delete(tmpName))),
-      Effect.mapError(storageError("copy", to))
-    )
-  })
-
-  const remove: CheckpointIOShape["remove"] = Effect.fn("FileCheckpointIO.remove")(function*(file) {
-    const target = yield* resolveTarget("remove", file)
-    yield* Effect.annotateCurrentSpan({ path: target })
-    const info = yield* fs.stat(target).pipe(
-      Effect.map(Option.some),
-      Effect.catchIf(isNotFound, () => Effect.succeed(Option.none())),
-      Effect.mapError(storageError("remove", target))
-    )
-    if (Option.isNone(info)) return
-    if (info.value.type === "Directory") {
-      return yield* new CheckpointInvalidArgument({ operation: "remove", path: target, reason: "is a directory" })
-    }
-    yield* fs.remove(target, { force: true }).pipe(Effect.mapError(storageError("remove", target)))
-  })
-
-  const exists: CheckpointIOShape["exists"] = Effect.fn("FileCheckpointIO.exists")(function*(file) {
-    const target = yield* resolveTarget("exists", file)
-    return yield* fs.stat(target).pipe(
-      Effect.map((info) => info.type === "File"),
-      Effect.catchIf(isNotFound, () => Effect.succeed(false)),
-      Effect.mapError(storageError("exists", target))
-    )
-  })
-
-  const list: CheckpointIOShape["list"] = Effect.fn("FileCheckpointIO.list")(function*(dir) {
-    yield* refuseUrl("list", dir)
-    const target = path.resolve(dir)
-    yield* Effect.annotateCurrentSpan({ path: target })
-    const names = yield* fs.readDirectory(target).pipe(
-      Effect.catchIf(isNotFound, () => Effect.succeed([] as Array<string>)),
-      Effect.mapError(storageError("list", target))
-    )
-    const entries: Array<CheckpointEntry> = []
-    for (const name of names.filter((n) => !isTemporaryName(n)).sort()) {
-      const full = path.join(target, name)
-      const info = yield* fs.stat(full).pipe(
-        Effect.map(Option.some),
-        // Removed between readDirectory and stat: not committed any more.
-        Effect.catchIf(isNotFound, () => Effect.succeed(Option.none())),
-        Effect.mapError(storageError("list", full))
-      )
-      if (Option.isNone(info) || info.value.type !== "File") continue
-      entries.push({
-        path: full,
-        modifiedAt: Option.match(info.value.mtime, { onNone: () => 0, onSome: (d) => d.getTime() }),
-        size: Number(info.value.size)
+    /**
+     * Creates `dir` and its missing parents. When `durable`, each directory created is
+     * made durable in its parent (an fsync of the parent): otherwise a power cut after
+     * the save returned could take the new directory, and the checkpoint in it, away.
+     */
+    const makeDirectories = (dir: string, durable: boolean) =>
+      Effect.gen(function*() {
+        const missing: Array<string> = []
+        for (let d = dir; !(yield* fs.exists(d)); d = path.dirname(d)) {
+          missing.push(d)
+          if (path.dirname(d) === d) break
+        }
+        // One level at a time, not Node's recursive mkdir: that one reports ENOENT for a
+        // read-only file system and loops forever under /proc.
+        const topDown = [...missing].reverse()
+        if (topDown.length === 0) yield* fs.makeDirectory(dir, { recursive: true })
+        for (const d of topDown) {
+          yield* fs.makeDirectory(d).pipe(Effect.catchIf((error) => error.reason._tag === "AlreadyExists", () => Effect.void))
+        }
+        if (durable) { for (const d of topDown) yield* syncDirectory(path.dirname(d)) }
       })
-    }
-    return entries
-  })
 
-  /**
-   * The absolute path with the symlinks of its directory resolved: the nearest
-   * existing ancestor is resolved and the missing rest appended (the file, and even
-   * its directory, may not exist yet). The file itself is not followed: a save
-   * renames onto its name. An ancestor that cannot be resolved (no permission)
-   * leaves the absolute path as it is.
-   */
-  const identify: CheckpointIOShape["identify"] = (file) =>
-    Effect.gen(function*() {
-      const absolute = path.resolve(file)
-      const rest = [path.basename(absolute)]
-      for (let dir = path.dirname(absolute);; dir = path.dirname(dir)) {
-        const real = yield* fs.realPath(dir).pipe(
-          Effect.map(Option.some),
-          Effect.catchIf(isNotFound, () => Effect.succeed(Option.none<string>())),
-          Effect.catch(() => Effect.succeed(Option.some(dir)))
-        )
-        if (Option.isSome(real)) return path.join(real.value, ...rest.reverse())
-        if (path.dirname(dir) === dir) return absolute
-        rest.push(path.basename(dir))
-      }
+    /** With `durable`, the data is synced before the header (see `ByteSink.sync`), then all of it. */
+    const fileSink = (file: FileSystem.File, durable: boolean): SafeTensors.ByteSink<PlatformError.PlatformError> => ({
+      write: (chunk) => file.writeAll(chunk),
+      writeAt: (position, chunk) => Effect.flatMap(file.seek(BigInt(position), "start"), () => file.writeAll(chunk)),
+      sync: durable ? file.sync : undefined
     })
 
-  return CheckpointIOMake({ save, load, remove, exists, list, copy, identify })
-})
+    const fileSource = (file: FileSystem.File, size: number): SafeTensors.ByteSource<PlatformError.PlatformError> => ({
+      size,
+      read: (into, position) => file.read(into, { position: BigInt(position) })
+    })
+
+    const resolveTarget = (operation: Operation, file: string) =>
+      Effect.andThen(refuseUrl(operation, file), Effect.as(checkPath(operation, file), path.resolve(file)))
+
+    /** A name the file system would refuse can never be saved: say so up front. */
+    const checkNameLength = (operation: Operation, target: string) => {
+      const bytes = new TextEncoder().encode(path.basename(target)).byteLength
+      return bytes > maxNameBytes
+        ? Effect.fail(
+          new CheckpointInvalidArgument({
+            operation,
+            path: target,
+            reason: `the file name is ${bytes} bytes long, more than the ${maxNameBytes} bytes file systems accept`
+          })
+        )
+        : Effect.void
+    }
+
+    /**
+     * Commits `tmp` as `target`. If the directory fsync fails after the rename, the
+     * previous checkpoint is put back (or, when there was none, the new name removed).
+     */
+    const commit = (tmp: string, target: string, dir: string, durable: boolean) =>
+      Effect.gen(function*() {
+        // A hard link keeps the previous checkpoint reachable until the new one is durable.
+        const backupName = temporaryName(path.basename(target), identity, process.pid)
+        const backup = path.join(dir, backupName)
+        inUse.add(backupName)
+        const previous = yield* fs.link(target, backup).pipe(
+          Effect.as("linked" as const),
+          Effect.catch((error) => Effect.succeed(isNotFound(error) ? "none" as const : "unlinkable" as const))
+        )
+        const rollback = previous === "linked"
+          ? fs.rename(backup, target)
+          : previous === "none"
+          ? fs.remove(target, { force: true })
+          : Effect.void // the new file is all there is: keep it
+        yield* fs.rename(tmp, target).pipe(
+          Effect.andThen(durable ? syncDirectory(dir).pipe(Effect.tapError(() => Effect.ignore(rollback))) : Effect.void),
+          Effect.ensuring(Effect.andThen(
+            previous === "linked" ? Effect.ignore(fs.remove(backup, { force: true })) : Effect.void,
+            Effect.sync(() => inUse.delete(backupName))
+          ))
+        )
+      }).pipe(Effect.uninterruptible)
+
+    const save: CheckpointIOShape["save"] = Effect.fn("FileCheckpointIO.save")(function*(checkpoint, file, options) {
+      const target = yield* resolveTarget("save", file)
+      yield* Effect.annotateCurrentSpan({ path: target })
+      yield* checkNameLength("save", target)
+      const planned = yield* SafeTensors.plan(checkpoint, target)
+      const durable = options?.durable ?? true
+      const dir = path.dirname(target)
+      yield* makeDirectories(dir, durable).pipe(Effect.mapError(storageError("save", target)))
+      yield* cleanStaleTemporaries(dir)
+      const tmpName = temporaryName(path.basename(target), identity, process.pid)
+      const tmp = path.join(dir, tmpName)
+      inUse.add(tmpName)
+      yield* Effect.gen(function*() {
+        yield* Effect.scoped(Effect.gen(function*() {
+          const handle = yield* fs.open(tmp, { flag: "wx" })
+          yield* SafeTensors.write(planned, fileSink(handle, durable))
+          if (durable) yield* handle.sync
+        }))
+        yield* commit(tmp, target, dir, durable)
+      }).pipe(
+        Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
+        Effect.ensuring(Effect.sync(() => inUse.delete(tmpName))),
+        Effect.mapError(storageError("save", target))
+      )
+    })
+
+    /**
+     * Opens a regular file for reading. Over a generic `FileSystem` (which has no
+     * non-blocking open): stat first, so that a FIFO or a device is refused without
+     * being opened, then fstat the open file, so that a swap in between is refused too
+     * (the Node layer opens with `O_NONBLOCK`, see `nodeReadOpener`).
+     */
+    const openForRead: ReadOpener = readOpener ?? ((target) =>
+      Effect.gen(function*() {
+        const notAFile = (type: string) =>
+          new CheckpointInvalidArgument({ operation: "load", path: target, reason: `is a ${type}, not a regular file` })
+        const before = yield* fs.stat(target).pipe(Effect.mapError(fail("load", target)))
+        if (before.type !== "File") return yield* notAFile(before.type)
+        const handle = yield* fs.open(target, { flag: "r" }).pipe(Effect.mapError(fail("load", target)))
+        const info = yield* handle.stat.pipe(Effect.mapError(fail("load", target)))
+        if (info.type !== "File") return yield* notAFile(info.type)
+        const source = fileSource(handle, Number(info.size))
+        return { size: source.size, read: (into, position) => source.read(into, position).pipe(Effect.mapError(fail("load", target))) }
+      }))
+
+    const load: CheckpointIOShape["load"] = Effect.fn("FileCheckpointIO.load")(function*(file, options) {
+      const target = yield* resolveTarget("load", file)
+      yield* Effect.annotateCurrentSpan({ path: target })
+      return yield* Effect.scoped(Effect.gen(function*() {
+        const source = yield* openForRead(target)
+        return yield* SafeTensors.read(source, target, options, limits)
+      }))
+    })
+
+    const copy: CheckpointIOShape["copy"] = Effect.fn("FileCheckpointIO.copy")(function*(source, target) {
+      const from = yield* resolveTarget("copy", source)
+      const to = yield* resolveTarget("copy", target)
+      yield* Effect.annotateCurrentSpan({ source: from, target: to })
+      const info = yield* fs.stat(from).pipe(Effect.mapError(fail("copy", from)))
+      if (info.type !== "File") {
+        return yield* new CheckpointInvalidArgument({ operation: "copy", path: from, reason: `is a ${info.type}, not a file` })
+      }
+      if (from === to) return
+      yield* checkNameLength("copy", to)
+      const dir = path.dirname(to)
+      yield* makeDirectories(dir, true).pipe(Effect.mapError(storageError("copy", to)))
+      const tmpName = temporaryName(path.basename(to), identity, process.pid)
+      const tmp = path.join(dir, tmpName)
+      inUse.add(tmpName)
+      yield* Effect.gen(function*() {
+        // A hard link: no bytes copied, and the target keeps this content even when the
+        // source is saved again. Where links are refused (another device, no support), a copy.
+        const linked = yield* fs.link(from, tmp).pipe(Effect.as(true), Effect.catch(() => Effect.succeed(false)))
+        if (!linked) {
+          yield* fs.copyFile(from, tmp)
+          yield* Effect.scoped(Effect.flatMap(fs.open(tmp, { flag: "r+" }), (f) => f.sync))
+        }
+        yield* commit(tmp, to, dir, true)
+      }).pipe(
+        Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : fs.remove(tmp, { force: true }).pipe(Effect.ignore)),
+        Effect.ensuring(Effect.sync(() => inUse.delete(tmpName))),
+        Effect.mapError(storageError("copy", to))
+      )
+    })
+
+    const remove: CheckpointIOShape["remove"] = Effect.fn("FileCheckpointIO.remove")(function*(file) {
+      const target = yield* resolveTarget("remove", file)
+      yield* Effect.annotateCurrentSpan({ path: target })
+      const info = yield* fs.stat(target).pipe(
+        Effect.map(Option.some),
+        Effect.catchIf(isNotFound, () => Effect.succeed(Option.none())),
+        Effect.mapError(storageError("remove", target))
+      )
+      if (Option.isNone(info)) return
+      if (info.value.type === "Directory") {
+        return yield* new CheckpointInvalidArgument({ operation: "remove", path: target, reason: "is a directory" })
+      }
+      yield* fs.remove(target, { force: true }).pipe(Effect.mapError(storageError("remove", target)))
+    })
+
+    const exists: CheckpointIOShape["exists"] = Effect.fn("FileCheckpointIO.exists")(function*(file) {
+      const target = yield* resolveTarget("exists", file)
+      return yield* fs.stat(target).pipe(
+        Effect.map((info) => info.type === "File"),
+        Effect.catchIf(isNotFound, () => Effect.succeed(false)),
+        Effect.mapError(storageError("exists", target))
+      )
+    })
+
+    const list: CheckpointIOShape["list"] = Effect.fn("FileCheckpointIO.list")(function*(dir) {
+      yield* refuseUrl("list", dir)
+      const target = path.resolve(dir)
+      yield* Effect.annotateCurrentSpan({ path: target })
+      const names = yield* fs.readDirectory(target).pipe(
+        Effect.catchIf(isNotFound, () => Effect.succeed([] as Array<string>)),
+        Effect.mapError(storageError("list", target))
+      )
+      const entries: Array<CheckpointEntry> = []
+      for (const name of names.filter((n) => !isTemporaryName(n)).sort()) {
+        const full = path.join(target, name)
+        const info = yield* fs.stat(full).pipe(
+          Effect.map(Option.some),
+          // Removed between readDirectory and stat: not committed any more.
+          Effect.catchIf(isNotFound, () => Effect.succeed(Option.none())),
+          Effect.mapError(storageError("list", full))
+        )
+        if (Option.isNone(info) || info.value.type !== "File") continue
+        entries.push({
+          path: full,
+          modifiedAt: Option.match(info.value.mtime, { onNone: () => 0, onSome: (d) => d.getTime() }),
+          size: Number(info.value.size)
+        })
+      }
+      return entries
+    })
+
+    /**
+     * The absolute path with the symlinks of its directory resolved: the nearest
+     * existing ancestor is resolved and the missing rest appended (the file, and even
+     * its directory, may not exist yet). The file itself is not followed: a save
+     * renames onto its name. An ancestor that cannot be resolved (no permission)
+     * leaves the absolute path as it is.
+     */
+    const identify: CheckpointIOShape["identify"] = (file) =>
+      Effect.gen(function*() {
+        const absolute = path.resolve(file)
+        const rest = [path.basename(absolute)]
+        for (let dir = path.dirname(absolute);; dir = path.dirname(dir)) {
+          const real = yield* fs.realPath(dir).pipe(
+            Effect.map(Option.some),
+            Effect.catchIf(isNotFound, () => Effect.succeed(Option.none<string>())),
+            Effect.catch(() => Effect.succeed(Option.some(dir)))
+          )
+          if (Option.isSome(real)) return path.join(real.value, ...rest.reverse())
+          if (path.dirname(dir) === dir) return absolute
+          rest.push(path.basename(dir))
+        }
+      })
+
+    return CheckpointIOMake({ save, load, remove, exists, list, copy, identify })
+  })
 
 /**
  * Builds the service over the `FileSystem` and `Path` in context, with options.

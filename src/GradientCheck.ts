@@ -189,7 +189,7 @@ export const layerCase = (
         const shape = weight.shape as Array<number>
         const values = fill("mixed", size(shape), random)
         // Variances must stay positive.
-        if (/variance/.test(weight.name)) for (let i = 0; i < values.length; i++) values[i] = 0.5 + Math.abs(values[i]!)
+        if (/variance/.test(weight.name)) { for (let i = 0; i < values.length; i++) values[i] = 0.5 + Math.abs(values[i]!) }
         return tfjs.tensor(values, shape)
       }))
       const r = tfjs.tensor(fill("mixed", probe.size, random), probe.shape)
@@ -253,33 +253,90 @@ export const cases = (sizes: Sizes): ReadonlyArray<Case> => {
 
   // The reproduction from issue 20: d sum(maxPool(x, 2, 2, "valid") * r) / dx, x [2, 8, 8, 3].
   for (const kind of kinds) {
-    add(opCase("tf.maxPool (issue 20)", `[2,8,8,3] pool 2 stride 2 valid, ${kind}`, [{ shape: [2, 8, 8, 3], kind }], (t, x) =>
-      t.maxPool(x as tf.Tensor4D, 2, 2, "valid"), 1e-6))
+    add(
+      opCase(
+        "tf.maxPool (issue 20)",
+        `[2,8,8,3] pool 2 stride 2 valid, ${kind}`,
+        [{ shape: [2, 8, 8, 3], kind }],
+        (t, x) => t.maxPool(x as tf.Tensor4D, 2, 2, "valid"),
+        1e-6
+      )
+    )
   }
 
   add(layerCase("dense", `[${b},${2 * c}] -> 3, bias`, [b, 2 * c], (t) => t.layers.dense({ units: 3 })))
-  add(layerCase("dense", `[${b},3,${c}] -> 2, relu, no bias`, [b, 3, c], (t) =>
-    t.layers.dense({ units: 2, activation: "relu", useBias: false }), { kind: "relu" }))
+  add(
+    layerCase(
+      "dense",
+      `[${b},3,${c}] -> 2, relu, no bias`,
+      [b, 3, c],
+      (t) => t.layers.dense({ units: 2, activation: "relu", useBias: false }),
+      { kind: "relu" }
+    )
+  )
 
   for (const stride of strides) {
     for (const padding of paddings) {
       const conf = `stride ${stride}, ${padding}`
-      add(layerCase("conv1d", `kernel 3, ${conf}`, [b, s + 2, c], (t) =>
-        t.layers.conv1d({ filters: 3, kernelSize: 3, strides: stride, padding })))
-      add(layerCase("conv2d", `kernel 3x2, ${conf}`, [b, s, s + 1, c], (t) =>
-        t.layers.conv2d({ filters: 3, kernelSize: [3, 2], strides: stride, padding })))
-      add(layerCase("conv3d", `kernel 2x3x2, ${conf}`, [b, s - 1, s, s - 1, c], (t) =>
-        t.layers.conv3d({ filters: 2, kernelSize: [2, 3, 2], strides: stride, padding })))
-      add(layerCase("conv2dTranspose", `kernel 3, ${conf}`, [b, s - 1, s, c], (t) =>
-        t.layers.conv2dTranspose({ filters: 3, kernelSize: 3, strides: stride, padding })))
-      add(layerCase("conv3dTranspose", `kernel 2x3x2, ${conf}`, [b, s - 2, s - 1, s - 2, c], (t) =>
-        t.layers.conv3dTranspose({ filters: 2, kernelSize: [2, 3, 2], strides: stride, padding }), {
-        unsupported: "tfjs 4.22 registers no gradient for Conv3DBackpropInputV2 (any backend)"
-      }))
-      add(layerCase("depthwiseConv2d", `kernel 3, multiplier 2, ${conf}`, [b, s, s + 1, c], (t) =>
-        t.layers.depthwiseConv2d({ kernelSize: 3, depthMultiplier: 2, strides: stride, padding })))
-      add(layerCase("separableConv2d", `kernel 3x2, multiplier 2, ${conf}`, [b, s, s + 1, c], (t) =>
-        t.layers.separableConv2d({ filters: 3, kernelSize: [3, 2], depthMultiplier: 2, strides: stride, padding })))
+      add(
+        layerCase(
+          "conv1d",
+          `kernel 3, ${conf}`,
+          [b, s + 2, c],
+          (t) => t.layers.conv1d({ filters: 3, kernelSize: 3, strides: stride, padding })
+        )
+      )
+      add(
+        layerCase(
+          "conv2d",
+          `kernel 3x2, ${conf}`,
+          [b, s, s + 1, c],
+          (t) => t.layers.conv2d({ filters: 3, kernelSize: [3, 2], strides: stride, padding })
+        )
+      )
+      add(
+        layerCase(
+          "conv3d",
+          `kernel 2x3x2, ${conf}`,
+          [b, s - 1, s, s - 1, c],
+          (t) => t.layers.conv3d({ filters: 2, kernelSize: [2, 3, 2], strides: stride, padding })
+        )
+      )
+      add(
+        layerCase(
+          "conv2dTranspose",
+          `kernel 3, ${conf}`,
+          [b, s - 1, s, c],
+          (t) => t.layers.conv2dTranspose({ filters: 3, kernelSize: 3, strides: stride, padding })
+        )
+      )
+      add(
+        layerCase(
+          "conv3dTranspose",
+          `kernel 2x3x2, ${conf}`,
+          [b, s - 2, s - 1, s - 2, c],
+          (t) => t.layers.conv3dTranspose({ filters: 2, kernelSize: [2, 3, 2], strides: stride, padding }),
+          {
+            unsupported: "tfjs 4.22 registers no gradient for Conv3DBackpropInputV2 (any backend)"
+          }
+        )
+      )
+      add(
+        layerCase(
+          "depthwiseConv2d",
+          `kernel 3, multiplier 2, ${conf}`,
+          [b, s, s + 1, c],
+          (t) => t.layers.depthwiseConv2d({ kernelSize: 3, depthMultiplier: 2, strides: stride, padding })
+        )
+      )
+      add(
+        layerCase(
+          "separableConv2d",
+          `kernel 3x2, multiplier 2, ${conf}`,
+          [b, s, s + 1, c],
+          (t) => t.layers.separableConv2d({ filters: 3, kernelSize: [3, 2], depthMultiplier: 2, strides: stride, padding })
+        )
+      )
     }
   }
 
@@ -287,25 +344,65 @@ export const cases = (sizes: Sizes): ReadonlyArray<Case> => {
     for (const padding of paddings) {
       for (const kind of kinds) {
         const conf = `pool 2, stride ${stride}, ${padding}, ${kind}`
-        add(layerCase("maxPooling1d", conf, [b, s + 2, c], (t) =>
-          t.layers.maxPooling1d({ poolSize: 2, strides: stride, padding }), { kind }))
-        add(layerCase("maxPooling2d", conf, [b, s, s + 1, c], (t) =>
-          t.layers.maxPooling2d({ poolSize: 2, strides: stride, padding }), { kind }))
-        add(layerCase("maxPooling3d", conf, [b, s - 1, s, s - 1, c], (t) =>
-          t.layers.maxPooling3d({ poolSize: 2, strides: stride, padding }), { kind }))
-        add(layerCase("averagePooling1d", conf, [b, s + 2, c], (t) =>
-          t.layers.averagePooling1d({ poolSize: 2, strides: stride, padding }), { kind }))
-        add(layerCase("averagePooling2d", conf, [b, s, s + 1, c], (t) =>
-          t.layers.averagePooling2d({ poolSize: 2, strides: stride, padding }), { kind }))
-        add(layerCase("averagePooling3d", conf, [b, s - 1, s, s - 1, c], (t) =>
-          t.layers.averagePooling3d({ poolSize: 2, strides: stride, padding }), { kind }))
+        add(
+          layerCase("maxPooling1d", conf, [b, s + 2, c], (t) => t.layers.maxPooling1d({ poolSize: 2, strides: stride, padding }), { kind })
+        )
+        add(
+          layerCase("maxPooling2d", conf, [b, s, s + 1, c], (t) => t.layers.maxPooling2d({ poolSize: 2, strides: stride, padding }), {
+            kind
+          })
+        )
+        add(
+          layerCase(
+            "maxPooling3d",
+            conf,
+            [b, s - 1, s, s - 1, c],
+            (t) => t.layers.maxPooling3d({ poolSize: 2, strides: stride, padding }),
+            { kind }
+          )
+        )
+        add(
+          layerCase("averagePooling1d", conf, [b, s + 2, c], (t) => t.layers.averagePooling1d({ poolSize: 2, strides: stride, padding }), {
+            kind
+          })
+        )
+        add(
+          layerCase(
+            "averagePooling2d",
+            conf,
+            [b, s, s + 1, c],
+            (t) => t.layers.averagePooling2d({ poolSize: 2, strides: stride, padding }),
+            { kind }
+          )
+        )
+        add(
+          layerCase(
+            "averagePooling3d",
+            conf,
+            [b, s - 1, s, s - 1, c],
+            (t) => t.layers.averagePooling3d({ poolSize: 2, strides: stride, padding }),
+            { kind }
+          )
+        )
       }
     }
     // Overlapping windows: pool 3.
-    add(layerCase("maxPooling2d", `pool 3, stride ${stride}, same, mixed`, [b, s, s + 1, c], (t) =>
-      t.layers.maxPooling2d({ poolSize: 3, strides: stride, padding: "same" })))
-    add(layerCase("maxPooling3d", `pool 3, stride ${stride}, same, mixed`, [b, s, s, s, c], (t) =>
-      t.layers.maxPooling3d({ poolSize: 3, strides: stride, padding: "same" })))
+    add(
+      layerCase(
+        "maxPooling2d",
+        `pool 3, stride ${stride}, same, mixed`,
+        [b, s, s + 1, c],
+        (t) => t.layers.maxPooling2d({ poolSize: 3, strides: stride, padding: "same" })
+      )
+    )
+    add(
+      layerCase(
+        "maxPooling3d",
+        `pool 3, stride ${stride}, same, mixed`,
+        [b, s, s, s, c],
+        (t) => t.layers.maxPooling3d({ poolSize: 3, strides: stride, padding: "same" })
+      )
+    )
   }
   for (const kind of kinds) {
     add(layerCase("globalMaxPooling1d", kind, [b, s, c], (t) => t.layers.globalMaxPooling1d({}), { kind }))
@@ -314,26 +411,47 @@ export const cases = (sizes: Sizes): ReadonlyArray<Case> => {
     add(layerCase("globalAveragePooling2d", kind, [b, s, s + 1, c], (t) => t.layers.globalAveragePooling2d({}), { kind }))
   }
 
-  add(layerCase("batchNormalization", "training, [b,h,w,c]", [b + 2, s, s, c], (t) =>
-    t.layers.batchNormalization({}), { training: true, tolerance: 1e-3 }))
-  add(layerCase("batchNormalization", "inference, [b,f]", [b + 2, 2 * c], (t) =>
-    t.layers.batchNormalization({}), { training: false }))
-  add(layerCase("layerNormalization", "[b,t,f]", [b, 3, 2 * c], (t) =>
-    t.layers.layerNormalization({}), { tolerance: 1e-3 }))
-  add(layerCase("dropout", "rate 0.4, seed 7, training", [b, s, c], (t) =>
-    t.layers.dropout({ rate: 0.4, seed: 7 }), { training: true }))
-  add(layerCase("embedding", "vocabulary 7, dimension 3", [b, s], (t) =>
-    t.layers.embedding({ inputDim: 7, outputDim: 3 }), { integers: 7 }))
-  add(layerCase("simpleRNN", "4 units, sequences", [b, 4, c], (t) =>
-    t.layers.simpleRNN({ units: 4, returnSequences: true }), { tolerance: 1e-3 }))
+  add(
+    layerCase("batchNormalization", "training, [b,h,w,c]", [b + 2, s, s, c], (t) => t.layers.batchNormalization({}), {
+      training: true,
+      tolerance: 1e-3
+    })
+  )
+  add(layerCase("batchNormalization", "inference, [b,f]", [b + 2, 2 * c], (t) => t.layers.batchNormalization({}), { training: false }))
+  add(layerCase("layerNormalization", "[b,t,f]", [b, 3, 2 * c], (t) => t.layers.layerNormalization({}), { tolerance: 1e-3 }))
+  add(layerCase("dropout", "rate 0.4, seed 7, training", [b, s, c], (t) => t.layers.dropout({ rate: 0.4, seed: 7 }), { training: true }))
+  add(
+    layerCase("embedding", "vocabulary 7, dimension 3", [b, s], (t) => t.layers.embedding({ inputDim: 7, outputDim: 3 }), { integers: 7 })
+  )
+  add(
+    layerCase("simpleRNN", "4 units, sequences", [b, 4, c], (t) => t.layers.simpleRNN({ units: 4, returnSequences: true }), {
+      tolerance: 1e-3
+    })
+  )
   add(layerCase("gru", "4 units", [b, 4, c], (t) => t.layers.gru({ units: 4 }), { tolerance: 1e-3 }))
-  add(layerCase("lstm", "4 units, sequences", [b, 4, c], (t) =>
-    t.layers.lstm({ units: 4, returnSequences: true }), { tolerance: 1e-3 }))
+  add(layerCase("lstm", "4 units, sequences", [b, 4, c], (t) => t.layers.lstm({ units: 4, returnSequences: true }), { tolerance: 1e-3 }))
 
-  const activations = ["linear", "relu", "elu", "relu6", "sigmoid", "hardSigmoid", "selu", "softmax", "softplus", "softsign", "tanh", "swish", "mish", "gelu", "gelu_new"] as const
+  const activations = [
+    "linear",
+    "relu",
+    "elu",
+    "relu6",
+    "sigmoid",
+    "hardSigmoid",
+    "selu",
+    "softmax",
+    "softplus",
+    "softsign",
+    "tanh",
+    "swish",
+    "mish",
+    "gelu",
+    "gelu_new"
+  ] as const
   for (const activation of activations) {
-    add(layerCase("activation", activation, [b, 3 * c], (t) =>
-      t.layers.activation({ activation: activation as "relu" }), { tolerance: 1e-3 }))
+    add(
+      layerCase("activation", activation, [b, 3 * c], (t) => t.layers.activation({ activation: activation as "relu" }), { tolerance: 1e-3 })
+    )
   }
   add(layerCase("leakyReLU", "alpha 0.3", [b, 3 * c], (t) => t.layers.leakyReLU({ alpha: 0.3 })))
   add(layerCase("prelu", "per unit", [b, 3 * c], (t) => t.layers.prelu({})))
@@ -362,8 +480,15 @@ export const cases = (sizes: Sizes): ReadonlyArray<Case> => {
     ["metrics.meanAbsolutePercentageError", "mixed", (t, y, p) => t.metrics.meanAbsolutePercentageError(t.add(t.abs(y), 0.5), p)]
   ]
   for (const [name, kind, loss] of lossCases) {
-    add(opCase("loss", name, [{ shape: [n, k], kind, differentiate: false }, { shape: [n, k], kind: "mixed" }], (t, y, p) =>
-      loss(t, y!, p!), 1e-3))
+    add(
+      opCase(
+        "loss",
+        name,
+        [{ shape: [n, k], kind, differentiate: false }, { shape: [n, k], kind: "mixed" }],
+        (t, y, p) => loss(t, y!, p!),
+        1e-3
+      )
+    )
   }
   return out
 }
@@ -400,7 +525,17 @@ const compare = (
     const a = expected[name]!
     const b = actual[name]
     if (b === undefined || b.length !== a.length) {
-      return { layer: c.layer, name: c.name, backend, worstAbs: Infinity, worstRel: Infinity, worst: name, tolerance: c.tolerance, pass: false, error: `gradient ${name} has another shape` }
+      return {
+        layer: c.layer,
+        name: c.name,
+        backend,
+        worstAbs: Infinity,
+        worstRel: Infinity,
+        worst: name,
+        tolerance: c.tolerance,
+        pass: false,
+        error: `gradient ${name} has another shape`
+      }
     }
     const { abs: diff, rel } = difference(a, b)
     worstAbs = Math.max(worstAbs, diff)
@@ -436,7 +571,9 @@ const runOn = (
     const device = yield* Device.make(backend)
     return yield* Effect.forEach(all, (c, index) =>
       Effect.try({
-        try: (): Outcome => ({ gradients: withVariablesDisposed(device.tf, () => c.gradients(device.tf, generator(Random.mix(seed, index)))) }),
+        try: (): Outcome => ({
+          gradients: withVariablesDisposed(device.tf, () => c.gradients(device.tf, generator(Random.mix(seed, index))))
+        }),
         catch: (cause): Outcome => ({ error: cause instanceof Error ? cause.message : String(cause) })
       }).pipe(Effect.catch((outcome) => Effect.succeed(outcome))))
   }))
@@ -467,12 +604,25 @@ export const check = Effect.fn("GradientCheck.check")(function*(options: CheckOp
     for (const [index, c] of all.entries()) {
       const expected = reference[index]!
       const actual = outcomes[index]!
-      const failed = "error" in expected ? { backend: "cpu" as const, error: expected.error } :
-        "error" in actual ? { backend, error: actual.error } :
+      const failed = "error" in expected ?
+        { backend: "cpu" as const, error: expected.error } :
+        "error" in actual ?
+        { backend, error: actual.error } :
         undefined
       if (failed !== undefined) {
         const unsupported = failed.backend === "cpu" && c.unsupported !== undefined ? { unsupported: c.unsupported } : {}
-        rows.push({ layer: c.layer, name: c.name, backend: failed.backend, worstAbs: Infinity, worstRel: Infinity, worst: "", tolerance: c.tolerance, pass: false, error: failed.error, ...unsupported })
+        rows.push({
+          layer: c.layer,
+          name: c.name,
+          backend: failed.backend,
+          worstAbs: Infinity,
+          worstRel: Infinity,
+          worst: "",
+          tolerance: c.tolerance,
+          pass: false,
+          error: failed.error,
+          ...unsupported
+        })
       } else if ("gradients" in expected && "gradients" in actual) {
         rows.push(compare(c, backend, expected.gradients, actual.gradients))
       }
@@ -497,7 +647,12 @@ export const table = (rows: ReadonlyArray<Row>, perLayer = false): string => {
       if (group === undefined) groups.set(key, { ...row, cases: 1, allPass: row.pass })
       else {
         const worse = row.worstRel > group.worstRel || (!row.pass && group.pass)
-        groups.set(key, { ...(worse ? row : group), worstAbs: Math.max(group.worstAbs, row.worstAbs), cases: group.cases + 1, allPass: group.allPass && row.pass })
+        groups.set(key, {
+          ...(worse ? row : group),
+          worstAbs: Math.max(group.worstAbs, row.worstAbs),
+          cases: group.cases + 1,
+          allPass: group.allPass && row.pass
+        })
       }
     }
     shown = [...groups.values()].map((g) => ({ ...g, pass: g.allPass }))
@@ -506,7 +661,13 @@ export const table = (rows: ReadonlyArray<Row>, perLayer = false): string => {
     ? "| layer | cases | worst case | backend | worst abs | worst rel | tolerance | pass |\n|---|---|---|---|---|---|---|---|"
     : "| layer | case | backend | worst abs | worst rel | tolerance | pass |\n|---|---|---|---|---|---|---|"
   const lines = shown.map((row) => {
-    const verdict = row.pass ? "yes" : row.unsupported !== undefined ? `n/a: ${row.unsupported}` : row.error === undefined ? "**no**" : `**no**: ${row.error.replace(/\|/g, "/").slice(0, 80)}`
+    const verdict = row.pass
+      ? "yes"
+      : row.unsupported !== undefined
+      ? `n/a: ${row.unsupported}`
+      : row.error === undefined
+      ? "**no**"
+      : `**no**: ${row.error.replace(/\|/g, "/").slice(0, 80)}`
     const cells = perLayer
       ? [row.layer, String(row.cases), row.name, row.backend]
       : [row.layer, row.name, row.backend]

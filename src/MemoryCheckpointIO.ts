@@ -18,12 +18,12 @@
 import { Clock, Context, Effect, Layer } from "effect"
 import * as posix from "node:path/posix"
 import {
+  checkPath,
   CheckpointInvalidArgument,
   CheckpointIO,
-  make as CheckpointIOMake,
   type CheckpointIOShape,
   CheckpointNotFound,
-  checkPath,
+  make as CheckpointIOMake,
   type Operation
 } from "./CheckpointIO.ts"
 import * as SafeTensors from "./SafeTensors.ts"
@@ -61,7 +61,6 @@ const bytesSink = (size: number) => {
   }
   return { bytes, sink }
 }
-
 
 /** Builds the service over the `MemoryStore` in context. */
 export const make: Effect.Effect<CheckpointIOShape, never, MemoryStore> = Effect.gen(function*() {

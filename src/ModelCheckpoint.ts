@@ -98,9 +98,9 @@ import { Cause, Clock, Config, Data, Duration, Effect, Option } from "effect"
 import type { Json } from "effect/Schema"
 import * as posix from "node:path/posix"
 import * as Callback from "./Callback.ts"
-import * as CheckpointRetention from "./CheckpointRetention.ts"
 import type { CheckpointMeta } from "./Checkpoint.ts"
 import { BackgroundSaveFailed, type CheckpointStorageError } from "./CheckpointIO.ts"
+import * as CheckpointRetention from "./CheckpointRetention.ts"
 
 /** A `ModelCheckpoint` was configured in a way that can never work. */
 export class ModelCheckpointConfigError extends Data.TaggedError("ModelCheckpointConfigError")<{
@@ -168,14 +168,7 @@ export interface Options {
   readonly startingVersion?: number | undefined
 }
 
-import {
-  type FormatSpec,
-  lastNamePattern,
-  parseTemplate,
-  renderTemplate,
-  sanitizeFileName,
-  type Segment
-} from "./CheckpointFilename.ts"
+import { type FormatSpec, lastNamePattern, parseTemplate, renderTemplate, sanitizeFileName, type Segment } from "./CheckpointFilename.ts"
 
 // The file name templates live in CheckpointFilename (pure); re-exported here as before.
 export { type FormatSpec, parseTemplate, renderTemplate, sanitizeFileName, type Segment }
@@ -185,8 +178,7 @@ export { type FormatSpec, parseTemplate, renderTemplate, sanitizeFileName, type 
 
 type Score = number
 
-const encodeScore = (score: Score): Json =>
-  Number.isNaN(score) ? "nan" : score === Infinity ? "inf" : score === -Infinity ? "-inf" : score
+const encodeScore = (score: Score): Json => Number.isNaN(score) ? "nan" : score === Infinity ? "inf" : score === -Infinity ? "-inf" : score
 
 const decodeScore = (json: Json | undefined): Score | undefined =>
   typeof json === "number"
@@ -607,7 +599,10 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
         const match = this.#options.lastPattern.exec(name)
         if (match === null) continue
         const version = match[1] === undefined ? 0 : Number(match[1])
-        if (newest === undefined || entry.modifiedAt > newest.modifiedAt || (entry.modifiedAt === newest.modifiedAt && version > newest.version)) {
+        if (
+          newest === undefined || entry.modifiedAt > newest.modifiedAt ||
+          (entry.modifiedAt === newest.modifiedAt && version > newest.version)
+        ) {
           newest = { name, modifiedAt: entry.modifiedAt, version }
         }
       }
@@ -734,7 +729,9 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
           if (yield* t.checkpointIO.exists(path)) {
             yield* Effect.logInfo(`ModelCheckpoint: the fit ${what} at epoch ${t.currentEpoch}, step ${t.globalStep}; saved ${path}`)
           } else {
-            yield* Effect.logWarning(`ModelCheckpoint: the fit ${what} at epoch ${t.currentEpoch}, step ${t.globalStep}; ${path} could not be saved`)
+            yield* Effect.logWarning(
+              `ModelCheckpoint: the fit ${what} at epoch ${t.currentEpoch}, step ${t.globalStep}; ${path} could not be saved`
+            )
           }
         }))
     }).pipe(
@@ -746,7 +743,8 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
   // Saving and retention
 
   #shouldSkip(trainer: Callback.TrainerState): boolean {
-    return (trainer.fastDevRun ?? 0) > 0 || trainer.stage !== "fit" || trainer.sanityChecking || trainer.globalStep === this.#book.lastGlobalStepSaved
+    return (trainer.fastDevRun ?? 0) > 0 || trainer.stage !== "fit" || trainer.sanityChecking ||
+      trainer.globalStep === this.#book.lastGlobalStepSaved
   }
 
   #epochDue(trainer: Callback.TrainerState): boolean {
@@ -809,7 +807,14 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const resumed = this.#resumedStep
       if (resumed === undefined || trainer.resumedFrom === undefined || samePath(path, trainer.resumedFrom)) return false
       if (this.#dirpath === undefined || posix.dirname(posix.resolve(path)) !== posix.resolve(this.#dirpath)) return false
-      for (const tracked of [this.#book.topK.bestModelPath, this.#book.lastModelPath, this.#book.newest?.path, ...this.#book.topK.models.keys()]) {
+      for (
+        const tracked of [
+          this.#book.topK.bestModelPath,
+          this.#book.lastModelPath,
+          this.#book.newest?.path,
+          ...this.#book.topK.models.keys()
+        ]
+      ) {
         if (tracked !== undefined && samePath(path, tracked)) return false
       }
       const checkpoint = yield* trainer.checkpointIO.load(path, { weightsOnly: true })
@@ -821,7 +826,11 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const models = saved["bestKModels"]
       const recordsItself = saved["bestModelPath"] === path ||
         (typeof models === "object" && models !== null && !Array.isArray(models) && Object.hasOwn(models, path))
-      if (recordsItself) yield* Effect.logInfo(`ModelCheckpoint: taking over ${path}, left by the run this one resumed (written after ${trainer.resumedFrom})`)
+      if (recordsItself) {
+        yield* Effect.logInfo(
+          `ModelCheckpoint: taking over ${path}, left by the run this one resumed (written after ${trainer.resumedFrom})`
+        )
+      }
       return recordsItself
     }).pipe(Effect.catch(() => Effect.succeed(false)))
   }
@@ -1097,5 +1106,4 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
 }
 
 /** Checks the options and builds a `ModelCheckpoint` (same as `ModelCheckpoint.make`). */
-export const make = (options: Options = {}): Effect.Effect<ModelCheckpoint, ModelCheckpointConfigError> =>
-  ModelCheckpoint.make(options)
+export const make = (options: Options = {}): Effect.Effect<ModelCheckpoint, ModelCheckpointConfigError> => ModelCheckpoint.make(options)

@@ -33,13 +33,13 @@ import * as CheckpointConnector from "./CheckpointConnector.ts"
 import { CheckpointIO, type CheckpointIOShape } from "./CheckpointIO.ts"
 import type { CollectiveError } from "./Collective.ts"
 import * as CsvLogger from "./CsvLogger.ts"
-import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 import type { DataError, DataModule } from "./DataModule.ts"
 import type { DeviceError } from "./Device.ts"
+import * as FileCheckpointIO from "./FileCheckpointIO.ts"
 import * as GradientAccumulation from "./GradientAccumulation.ts"
 import * as LRScheduler from "./LRScheduler.ts"
-import * as ModelSummary from "./ModelSummary.ts"
 import * as ModelCheckpoint from "./ModelCheckpoint.ts"
+import * as ModelSummary from "./ModelSummary.ts"
 import * as ProgressBar from "./ProgressBar.ts"
 import * as Random from "./Random.ts"
 import { type RestoreError, type StepError, Strategy, type StrategyShape } from "./Strategy.ts"
@@ -437,13 +437,15 @@ export const make = <E = never, R = never>(
     const maxSteps = options.maxSteps ?? -1
     const maxEpochs = options.maxEpochs ?? (maxSteps === -1 ? 1000 : Number.MAX_SAFE_INTEGER)
     const defaultRootDir = options.defaultRootDir ?? "runs"
-    for (const [name, value] of Object.entries({
-      maxEpochs,
-      checkValEveryNEpoch: options.checkValEveryNEpoch ?? 1,
-      numSanityValSteps: (options.numSanityValSteps ?? 2) + 1,
-      minEpochs: (options.minEpochs ?? 0) + 1,
-      minSteps: (options.minSteps ?? 0) + 1
-    })) {
+    for (
+      const [name, value] of Object.entries({
+        maxEpochs,
+        checkValEveryNEpoch: options.checkValEveryNEpoch ?? 1,
+        numSanityValSteps: (options.numSanityValSteps ?? 2) + 1,
+        minEpochs: (options.minEpochs ?? 0) + 1,
+        minSteps: (options.minSteps ?? 0) + 1
+      })
+    ) {
       if (!Number.isInteger(value) || value < 1) {
         return yield* new TrainerConfigError({ reason: `${name} must be a positive integer, got ${value}` })
       }
@@ -555,15 +557,16 @@ export const make = <E = never, R = never>(
       stop: () => {
         loop.shouldStop = true
       },
-      saveCheckpoint: (path, saveOptions) => saveCheckpoint(path, saveOptions).pipe(
-        Effect.mapError((error) =>
-          error._tag === "CallbackError" || error._tag === "CheckpointNotFound" || error._tag === "CheckpointCorrupt" ||
-            error._tag === "CheckpointStorageError" || error._tag === "CheckpointInvalidArgument" ||
-            error._tag === "BackgroundSaveFailed"
-            ? error
-            : new Callback.CallbackError({ callback: "saveCheckpoint", reason: error.message, cause: error })
-        )
-      ),
+      saveCheckpoint: (path, saveOptions) =>
+        saveCheckpoint(path, saveOptions).pipe(
+          Effect.mapError((error) =>
+            error._tag === "CallbackError" || error._tag === "CheckpointNotFound" || error._tag === "CheckpointCorrupt" ||
+              error._tag === "CheckpointStorageError" || error._tag === "CheckpointInvalidArgument" ||
+              error._tag === "BackgroundSaveFailed"
+              ? error
+              : new Callback.CallbackError({ callback: "saveCheckpoint", reason: error.message, cause: error })
+          )
+        ),
       get resumedFrom() {
         return loop.resumedFrom
       },
@@ -606,7 +609,8 @@ export const make = <E = never, R = never>(
             const model = seeded(() => module.configureModel(tfjs))
             return { model, configured: module.configureOptimizers(tfjs, model) }
           },
-          catch: (cause) => new Callback.CallbackError({ callback: module.name, reason: `building the model failed: ${messageOf(cause)}`, cause })
+          catch: (cause) =>
+            new Callback.CallbackError({ callback: module.name, reason: `building the model failed: ${messageOf(cause)}`, cause })
         })
         const { optimizer, schedulers } = yield* Effect.fromResult(LRScheduler.normalize(configured.configured))
         const lrStates: Array<LRScheduler.SchedulerState> = []
@@ -686,8 +690,12 @@ export const make = <E = never, R = never>(
         const weightsOnly = saveOptions?.weightsOnly ?? false
         const { model, optimizer } = current.built
         const optimizerConfig = weightsOnly ? null : yield* Effect.try({
-          try: (): OptimizerConfig => ({ className: optimizer.getClassName(), config: toJson(optimizer.getConfig()) as Record<string, Json> }),
-          catch: (cause) => new Callback.CallbackError({ callback: current.module.name, reason: `optimizer config: ${messageOf(cause)}`, cause })
+          try: (): OptimizerConfig => ({
+            className: optimizer.getClassName(),
+            config: toJson(optimizer.getConfig()) as Record<string, Json>
+          }),
+          catch: (cause) =>
+            new Callback.CallbackError({ callback: current.module.name, reason: `optimizer config: ${messageOf(cause)}`, cause })
         })
         const accumulated = loop.accumulated
         const accumulatedGrads = weightsOnly || accumulated === undefined ? undefined : yield* Effect.map(
@@ -762,7 +770,9 @@ export const make = <E = never, R = never>(
         // The newest of the callbacks' last checkpoints.
         const times = yield* Effect.forEach(candidates, (p) =>
           Effect.map(checkpointIO.list(p.slice(0, Math.max(0, p.lastIndexOf("/"))) || "."), (entries) =>
-            entries.find((e) => e.path.endsWith(p.slice(p.lastIndexOf("/"))))?.modifiedAt ?? 0))
+            entries.find((e) =>
+              e.path.endsWith(p.slice(p.lastIndexOf("/")))
+            )?.modifiedAt ?? 0))
         let newest = 0
         times.forEach((t, i) => (newest = t > times[newest]! ? i : newest))
         return Option.some(candidates[newest]!)
@@ -875,7 +885,14 @@ export const make = <E = never, R = never>(
         const metrics = new Metrics(false)
         const ctx = stepContext(metrics)
         const [start, epochStart, batchStart, batchEnd, epochEnd, end] = kind === "validation"
-          ? ["onValidationStart", "onValidationEpochStart", "onValidationBatchStart", "onValidationBatchEnd", "onValidationEpochEnd", "onValidationEnd"] as const
+          ? [
+            "onValidationStart",
+            "onValidationEpochStart",
+            "onValidationBatchStart",
+            "onValidationBatchEnd",
+            "onValidationEpochEnd",
+            "onValidationEnd"
+          ] as const
           : ["onTestStart", "onTestEpochStart", "onTestBatchStart", "onTestBatchEnd", "onTestEpochEnd", "onTestEnd"] as const
         const savedBatchIdx = loop.batchIdx
         yield* call(start)
@@ -921,7 +938,11 @@ export const make = <E = never, R = never>(
       const trainLimit = resolveLimit(options.limitTrainBatches, data.numTrainBatches)
       const perEpoch = Math.min(trainLimit, data.numTrainBatches ?? Infinity)
       const interval = options.valCheckInterval ?? 1
-      const valEvery = interval > 1 ? Math.floor(interval) : Number.isFinite(perEpoch) ? Math.max(1, Math.floor(perEpoch * interval)) : Infinity
+      const valEvery = interval > 1
+        ? Math.floor(interval)
+        : Number.isFinite(perEpoch)
+        ? Math.max(1, Math.floor(perEpoch * interval))
+        : Infinity
       const checkValEveryNEpoch = options.checkValEveryNEpoch ?? 1
       const stepOptions = { gradientClipVal: options.gradientClipVal, gradientClipAlgorithm: options.gradientClipAlgorithm }
       /** Lightning's `_can_stop_early`: a stop request waits for minEpochs (completed) and minSteps. */
@@ -989,7 +1010,9 @@ export const make = <E = never, R = never>(
         }
         yield* call("onTrainStart")
         // `limitTrainBatches: 0` disables training (Lightning's rule): no epoch runs.
-        while (trainLimit > 0 && !(yield* stopping(loop.epoch)) && loop.epoch < maxEpochs && (maxSteps === -1 || loop.globalStep < maxSteps)) {
+        while (
+          trainLimit > 0 && !(yield* stopping(loop.epoch)) && loop.epoch < maxEpochs && (maxSteps === -1 || loop.globalStep < maxSteps)
+        ) {
           const metrics = new Metrics(true)
           const ctx = stepContext(metrics)
           const startBatch = loop.resumeBatch
@@ -1018,7 +1041,11 @@ export const make = <E = never, R = never>(
                     )
                   } else {
                     // Accumulation: sum the gradients of loss / n, one optimizer step per window.
-                    const computed = yield* withLogs(metrics, `${module.name}.trainingStep`, strategy.computeGradients(model, userLoss, 1 / n))
+                    const computed = yield* withLogs(
+                      metrics,
+                      `${module.name}.trainingStep`,
+                      strategy.computeGradients(model, userLoss, 1 / n)
+                    )
                     loss = computed.loss
                     loop.accumulated = GradientAccumulation.add(tfjs, loop.accumulated, computed.grads)
                     stepped = GradientAccumulation.endsWindow(index, n, perEpoch)
@@ -1221,5 +1248,4 @@ export const make = <E = never, R = never>(
  */
 export const layer = <E = never, R = never>(
   options: TrainerOptions<E, R> = {}
-): Layer.Layer<Trainer, TrainerConfigError | E, Strategy | R | FileSystem.FileSystem | Path.Path> =>
-  Layer.effect(Trainer, make(options))
+): Layer.Layer<Trainer, TrainerConfigError | E, Strategy | R | FileSystem.FileSystem | Path.Path> => Layer.effect(Trainer, make(options))

@@ -40,8 +40,7 @@ import * as tf from "@tensorflow/tfjs"
 /** The attributes tfjs passes to a `Conv2DBackpropFilter` kernel. */
 export type Conv2DBackpropFilterAttrs = tf.Conv2DBackpropFilterAttrs
 
-const pair = (value: number | [number, number]): [number, number] =>
-  typeof value === "number" ? [value, value] : value
+const pair = (value: number | [number, number]): [number, number] => typeof value === "number" ? [value, value] : value
 
 /**
  * The gradient of `conv2d(x, filter, strides, pad, dilations = 1)` with respect to
@@ -106,8 +105,7 @@ const asTensor = (info: tf.TensorInfo, backend: tf.KernelBackend): tf.Tensor =>
     ? info
     : tf.tensor(backend.readSync(info.dataId) as Float32Array | Int32Array, [...info.shape], info.dtype)
 
-const asTensor4D = (info: tf.TensorInfo, backend: tf.KernelBackend): tf.Tensor4D =>
-  asTensor(info, backend) as tf.Tensor4D
+const asTensor4D = (info: tf.TensorInfo, backend: tf.KernelBackend): tf.Tensor4D => asTensor(info, backend) as tf.Tensor4D
 
 /**
  * The `Conv2DBackpropFilter` kernel for any backend. It returns a `Tensor` (the
@@ -183,10 +181,14 @@ const windows = (
   const rank = filter.length
   const spatial = x.shape.slice(1, 1 + rank)
   const needed = outSpatial.map((out, i) => (out - 1) * strides[i]! + filter[i]!)
-  const pads: Array<[number, number]> = [[0, 0], ...spatial.map((length, i): [number, number] => [
-    before[i]!,
-    Math.max(0, needed[i]! - before[i]! - length)
-  ]), [0, 0]]
+  const pads: Array<[number, number]> = [
+    [0, 0],
+    ...spatial.map((length, i): [number, number] => [
+      before[i]!,
+      Math.max(0, needed[i]! - before[i]! - length)
+    ]),
+    [0, 0]
+  ]
   const padded = tf.pad(x, pads, Number.NEGATIVE_INFINITY)
   let offsets: Array<Array<number>> = [[]]
   for (const extent of filter) {
@@ -316,7 +318,12 @@ export const maxPool3DGradKernel: tf.KernelFunc = ({ attrs, backend, inputs }) =
 // ---------------------------------------------------------------------------
 // conv3d gradients
 
-const conv3DInfo = (xShape: ReadonlyArray<number>, filterShape: ReadonlyArray<number>, strides: number | [number, number, number], pad: "valid" | "same") =>
+const conv3DInfo = (
+  xShape: ReadonlyArray<number>,
+  filterShape: ReadonlyArray<number>,
+  strides: number | [number, number, number],
+  pad: "valid" | "same"
+) =>
   tf.backend_util.computeConv3DInfo(
     xShape as [number, number, number, number, number],
     filterShape as [number, number, number, number, number],
@@ -344,10 +351,14 @@ export const conv3DBackpropFilter = (
   const before = [info.padInfo.front, info.padInfo.top, info.padInfo.left]
   const spatial = x.shape.slice(1, 4)
   const needed = dy.shape.slice(1, 4).map((out, i) => (out - 1) * stride[i]! + filterShape[i]!)
-  const padded = tf.pad(x, [[0, 0], ...spatial.map((length, i): [number, number] => [
-    before[i]!,
-    Math.max(0, needed[i]! - before[i]! - length)
-  ]), [0, 0]])
+  const padded = tf.pad(x, [
+    [0, 0],
+    ...spatial.map((length, i): [number, number] => [
+      before[i]!,
+      Math.max(0, needed[i]! - before[i]! - length)
+    ]),
+    [0, 0]
+  ])
   const cropped = tf.slice(padded, [0, 0, 0, 0, 0], [x.shape[0], needed[0]!, needed[1]!, needed[2]!, x.shape[4]])
   const gradient = tf.conv3d(
     tf.transpose(cropped, [4, 1, 2, 3, 0]) as tf.Tensor5D,
@@ -535,8 +546,14 @@ export const unsortedSegmentSumKernel: tf.KernelFunc = ({ attrs, backend, inputs
  */
 export const wasmKernels: ReadonlyArray<{ readonly config: tf.KernelConfig; readonly kind: "missing" | "replaces" }> = [
   { kind: "missing", config: { kernelName: tf.Conv2DBackpropFilter, backendName: "wasm", kernelFunc: conv2DBackpropFilterKernel } },
-  { kind: "missing", config: { kernelName: tf.DepthwiseConv2dNativeBackpropFilter, backendName: "wasm", kernelFunc: depthwiseConv2DBackpropFilterKernel } },
-  { kind: "missing", config: { kernelName: tf.DepthwiseConv2dNativeBackpropInput, backendName: "wasm", kernelFunc: depthwiseConv2DBackpropInputKernel } },
+  {
+    kind: "missing",
+    config: { kernelName: tf.DepthwiseConv2dNativeBackpropFilter, backendName: "wasm", kernelFunc: depthwiseConv2DBackpropFilterKernel }
+  },
+  {
+    kind: "missing",
+    config: { kernelName: tf.DepthwiseConv2dNativeBackpropInput, backendName: "wasm", kernelFunc: depthwiseConv2DBackpropInputKernel }
+  },
   { kind: "missing", config: { kernelName: tf.UnsortedSegmentSum, backendName: "wasm", kernelFunc: unsortedSegmentSumKernel } },
   { kind: "replaces", config: { kernelName: tf.MaxPoolGrad, backendName: "wasm", kernelFunc: maxPoolGradKernel } },
   { kind: "replaces", config: { kernelName: tf.MaxPool3D, backendName: "wasm", kernelFunc: maxPool3DKernel } },

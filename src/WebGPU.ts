@@ -27,8 +27,8 @@
  * @since 0.2.0
  */
 import * as tf from "@tensorflow/tfjs"
-import { existsSync } from "node:fs"
 import { Config, Effect, type Scope } from "effect"
+import { existsSync } from "node:fs"
 
 /** The Dawn toggles used when none are given: Dawn's own default (Vulkan on Linux, Metal, D3D12). */
 export const defaultFlags: ReadonlyArray<string> = []

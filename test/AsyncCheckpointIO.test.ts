@@ -4,11 +4,11 @@ import { Context, Deferred, Effect, Exit, Fiber, FileSystem, Layer, Option, Scop
 import { TestClock } from "effect/testing"
 import * as AsyncCheckpointIO from "../src/AsyncCheckpointIO.ts"
 import * as Checkpoint from "../src/Checkpoint.ts"
-import { CheckpointIO, type CheckpointIOError, CheckpointStorageError, type CheckpointIOShape } from "../src/CheckpointIO.ts"
+import { CheckpointIO, type CheckpointIOError, type CheckpointIOShape, CheckpointStorageError } from "../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
-import { CheckpointIOSuite } from "../src/testing/index.ts"
 import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
+import { CheckpointIOSuite } from "../src/testing/index.ts"
 import { floats, sample } from "./support/checkpoints.ts"
 import { seeded } from "./support/random.ts"
 
@@ -79,8 +79,7 @@ const env = (options?: AsyncCheckpointIO.Options) =>
     Layer.orDie
   )
 
-const committed = (path: string) =>
-  Effect.map(MemoryCheckpointIO.MemoryStore, ({ files }) => files.has(MemoryCheckpointIO.normalize(path)))
+const committed = (path: string) => Effect.map(MemoryCheckpointIO.MemoryStore, ({ files }) => files.has(MemoryCheckpointIO.normalize(path)))
 
 const diskFull = (path: string) =>
   new CheckpointStorageError({ operation: "save", path, reason: "NoSpace", cause: new Error("ENOSPC: injected") })

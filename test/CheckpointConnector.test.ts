@@ -171,7 +171,10 @@ describe("CheckpointConnector (pure: names, loop state, validation)", () => {
       assert.strictEqual(shaped.field, "optimizer/0002/w1/m")
       assert.include(shaped.reason, "w1")
       // A slot too few: the slots no longer divide among the variables.
-      assert.strictEqual(failure(CheckpointConnector.plan(without((k) => k === "optimizer/0004/w1/v"), "/a.ckpt", target(2))).path, "/a.ckpt")
+      assert.strictEqual(
+        failure(CheckpointConnector.plan(without((k) => k === "optimizer/0004/w1/v"), "/a.ckpt", target(2))).path,
+        "/a.ckpt"
+      )
       // Another optimizer's state, a step count that is not a scalar, an unknown state variable.
       const sgd = { ...target(2), optimizer: { ...target(2).optimizer!, className: "SGD" } }
       assert.strictEqual(failure(CheckpointConnector.plan(record, "/a.ckpt", sgd)).field, "meta.optimizer.className")
@@ -198,7 +201,11 @@ describe("CheckpointConnector (pure: names, loop state, validation)", () => {
       assert.strictEqual(saveErr.callback, "mod")
       assert.include(saveErr.reason, "onSaveCheckpoint")
       // Weights only: no user code runs.
-      assert.isTrue(Exit.isSuccess(yield* Effect.exit(dumpOf(1, { weightsOnly: true, callbacks: [throwingState], module: { name: "m", onSaveCheckpoint: boom } }))))
+      assert.isTrue(
+        Exit.isSuccess(
+          yield* Effect.exit(dumpOf(1, { weightsOnly: true, callbacks: [throwingState], module: { name: "m", onSaveCheckpoint: boom } }))
+        )
+      )
       const meta = Checkpoint.makeMeta({ epoch: 0, globalStep: 0, callbacks: { Throwing: 1 } })
       const loadErr = yield* Effect.flip(
         CheckpointConnector.restoreUserState(meta, [{ name: "Throwing", loadStateDict: boom }], { name: "m" })
@@ -305,7 +312,11 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
           { ...good, tensors: Object.fromEntries(Object.entries(good.tensors).filter(([k]) => !k.startsWith("optimizer/"))) },
           "optimizer"
         ],
-        ["/slot-shape.ckpt", { ...good, tensors: { ...good.tensors, "optimizer/0001/hidden/kernel/m": f32([16, 4], 0) } }, "optimizer/0001/hidden/kernel/m"]
+        [
+          "/slot-shape.ckpt",
+          { ...good, tensors: { ...good.tensors, "optimizer/0001/hidden/kernel/m": f32([16, 4], 0) } },
+          "optimizer/0001/hidden/kernel/m"
+        ]
       ]
       for (const [path, record, field] of variants) {
         yield* store.save(record, path)
@@ -313,7 +324,9 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
         const logs: Array<string> = []
         const collector = Logger.make((o) => void logs.push((o.message as Array<unknown>).join(" ")))
         const trainer = yield* Trainer.make({ ...quiet, maxEpochs: 3, seed: 3, plugins: { checkpointIO: sharedIO } })
-        const error = yield* Effect.flip(trainer.fit(module, irisData(), { ckptPath: path })).pipe(Effect.provide(Logger.layer([collector])))
+        const error = yield* Effect.flip(trainer.fit(module, irisData(), { ckptPath: path })).pipe(
+          Effect.provide(Logger.layer([collector]))
+        )
         assert.strictEqual(error._tag, "RestoreError", `${path}: ${error.message}`)
         const restoreError = error as CheckpointConnector.RestoreError
         assert.strictEqual(restoreError.path, path)
@@ -342,7 +355,9 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
       const ok = yield* Trainer.make({ ...quiet, maxEpochs: 1, callbacks: [saving], plugins: { checkpointIO: sharedIO } })
       yield* ok.fit(irisClassifier("ok"), irisData())
       const onLoad = yield* Trainer.make({ ...quiet, maxEpochs: 2, plugins: { checkpointIO: sharedIO } })
-      const loadError = yield* Effect.flip(onLoad.fit({ ...irisClassifier("onLoad"), onLoadCheckpoint: boom }, irisData(), { ckptPath: "/e.ckpt" }))
+      const loadError = yield* Effect.flip(
+        onLoad.fit({ ...irisClassifier("onLoad"), onLoadCheckpoint: boom }, irisData(), { ckptPath: "/e.ckpt" })
+      )
       assert.strictEqual(loadError._tag, "CallbackError")
       assert.include(loadError.message, "onLoadCheckpoint")
     }).pipe(Effect.provide(devices)))
@@ -380,9 +395,10 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
           })
           const logs: Array<string> = []
           const collector = Logger.make((o) => void logs.push(`${o.logLevel}: ${(o.message as Array<unknown>).join(" ")}`))
-          const exit = yield* Effect.exit(trainer.fit(irisClassifier("fallback"), irisData(), ckptPath === undefined ? {} : { ckptPath })).pipe(
-            Effect.provide(Logger.layer([collector]))
-          )
+          const exit = yield* Effect.exit(trainer.fit(irisClassifier("fallback"), irisData(), ckptPath === undefined ? {} : { ckptPath }))
+            .pipe(
+              Effect.provide(Logger.layer([collector]))
+            )
           return { exit, trainer, logs }
         }))
       assert.isTrue(Exit.isSuccess((yield* fit(3)).exit))
@@ -401,7 +417,13 @@ describe("CheckpointConnector with the Strategy and the Trainer", () => {
       const resumed = yield* fit(4, "last")
       assert.isTrue(Exit.isSuccess(resumed.exit), String(Exit.isFailure(resumed.exit) ? resumed.exit.cause : ""))
       assert.strictEqual(resumed.trainer.state.resumedFrom, newest!.path)
-      assert.isTrue(resumed.logs.some((l) => l.startsWith("Warn") && l.includes("last.ckpt") && l.includes("meta.loops.fit.nextBatch")), resumed.logs.join("\n"))
-      assert.isTrue(resumed.logs.some((l) => l.startsWith("Warn") && l.includes("stray.ckpt") && l.includes("does not load")), resumed.logs.join("\n"))
+      assert.isTrue(
+        resumed.logs.some((l) => l.startsWith("Warn") && l.includes("last.ckpt") && l.includes("meta.loops.fit.nextBatch")),
+        resumed.logs.join("\n")
+      )
+      assert.isTrue(
+        resumed.logs.some((l) => l.startsWith("Warn") && l.includes("stray.ckpt") && l.includes("does not load")),
+        resumed.logs.join("\n")
+      )
     }).pipe(Effect.provide(devices)))
 })

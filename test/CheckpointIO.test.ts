@@ -13,5 +13,7 @@ CheckpointIOSuite.run("FileCheckpointIO", () =>
     Layer.orDie
   ))
 
-CheckpointIOSuite.run("MemoryCheckpointIO", () =>
-  CheckpointIOSuite.layerRawMemory.pipe(Layer.provideMerge(MemoryCheckpointIO.layerWithStore)))
+CheckpointIOSuite.run(
+  "MemoryCheckpointIO",
+  () => CheckpointIOSuite.layerRawMemory.pipe(Layer.provideMerge(MemoryCheckpointIO.layerWithStore))
+)

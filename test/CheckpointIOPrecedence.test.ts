@@ -12,8 +12,8 @@ import * as Device from "../src/Device.ts"
 import * as FaultyFileSystem from "../src/FaultyFileSystem.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
-import { irisClassifier, irisData } from "./support/iris.ts"
 import { countingIO } from "./support/countingIO.ts"
+import { irisClassifier, irisData } from "./support/iris.ts"
 
 const quiet = { enableProgressBar: false, logger: false, enableCheckpointing: false, maxEpochs: 1, numSanityValSteps: 0 } as const
 

@@ -1,7 +1,7 @@
 import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, FileSystem, Layer, Option, Path, PlatformError } from "effect"
-import { CallbackError, type Callback, type Hook, type TrainerState } from "../src/Callback.ts"
+import { type Callback, CallbackError, type Hook, type TrainerState } from "../src/Callback.ts"
 import * as CheckpointIO from "../src/CheckpointIO.ts"
 import * as CsvLogger from "../src/CsvLogger.ts"
 import { interceptWrites } from "./support/interceptWrites.ts"

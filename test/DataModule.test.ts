@@ -55,7 +55,11 @@ describe("DataModule", () => {
     assert.deepStrictEqual(xs, ys)
     assert.strictEqual(a.value, b.value)
     assert.strictEqual(Math.random, real)
-    assert.throws(() => Random.withSeeded(a, () => { throw new Error("boom") }))
+    assert.throws(() =>
+      Random.withSeeded(a, () => {
+        throw new Error("boom")
+      })
+    )
     assert.strictEqual(Math.random, real, "restored after a throw too")
   })
 })

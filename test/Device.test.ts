@@ -4,8 +4,8 @@ import { ConfigProvider, Effect, Logger } from "effect"
 import { vi } from "vitest"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import * as Device from "../src/Device.ts"
-import * as WasmKernels from "../src/WasmKernels.ts"
 import * as GradientCheck from "../src/GradientCheck.ts"
+import * as WasmKernels from "../src/WasmKernels.ts"
 import { seeded } from "./support/random.ts"
 
 /** Runs `f` with a Device on `choice`, released when `f` ends. */
@@ -206,8 +206,7 @@ describe("Device", () => {
     it.effect("warns about tensors that outlive the run", () =>
       Effect.gen(function*() {
         const baseline = tf.memory().numTensors
-        const [kept, warnings] = yield* warningsOf(withDevice("cpu", (device) =>
-          Effect.sync(() => device.tf.keep(device.tf.ones([2])))))
+        const [kept, warnings] = yield* warningsOf(withDevice("cpu", (device) => Effect.sync(() => device.tf.keep(device.tf.ones([2])))))
         assert.strictEqual(warnings.length, 1)
         assert.include(warnings[0]!, "1 tensor(s) outlived the run")
         kept.dispose()

@@ -11,8 +11,8 @@ import { execFileSync } from "node:child_process"
 import * as Checkpoint from "../src/Checkpoint.ts"
 import { CheckpointIO, type CheckpointIOShape } from "../src/CheckpointIO.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
-import { foreign } from "./reliability/safetensorsBytes.ts"
 import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
+import { foreign } from "./reliability/safetensorsBytes.ts"
 import { sample } from "./support/checkpoints.ts"
 import { interceptWrites } from "./support/interceptWrites.ts"
 
@@ -25,9 +25,12 @@ const entries = (dir: string) =>
 
 /** The store a layer provides. */
 const fromLayer = (layer: Layer.Layer<CheckpointIO>): Effect.Effect<CheckpointIOShape> =>
-  Effect.provide(Effect.gen(function*() {
-    return yield* CheckpointIO
-  }), layer)
+  Effect.provide(
+    Effect.gen(function*() {
+      return yield* CheckpointIO
+    }),
+    layer
+  )
 
 /** The stores under test: the generic one over Node's file system, and the Node layer. */
 const stores = (options: FileCheckpointIO.Options = {}) =>
@@ -142,7 +145,8 @@ describe("FileCheckpointIO: issue 12", () => {
       const resume = yield* Deferred.make<void>()
       // Writer B pauses after its first write to its temporary file.
       const pausing = interceptWrites(fs, (path) => FileCheckpointIO.isTemporaryName(path.split("/").pop()!), (file) => ({
-        writeAll: (b) => Effect.flatMap(file.writeAll(b), () => Effect.andThen(Deferred.succeed(writing, undefined), Deferred.await(resume)))
+        writeAll: (b) =>
+          Effect.flatMap(file.writeAll(b), () => Effect.andThen(Deferred.succeed(writing, undefined), Deferred.await(resume)))
       }))
       const a = yield* FileCheckpointIO.makeWith({ writerIdentity: "0000000a" })
       const b: CheckpointIOShape = yield* FileCheckpointIO.makeWith({ writerIdentity: "0000000b" }).pipe(
@@ -245,10 +249,13 @@ describe("FileCheckpointIO: issue 12", () => {
       const data = new Uint8Array(10)
       data.set(e4m3, 0)
       data.set(e5m2, 6)
-      yield* fs.writeFile(file, foreign({
-        a: { dtype: "F8_E4M3", shape: [2, 3], data_offsets: [0, 6] },
-        b: { dtype: "F8_E5M2", shape: [4], data_offsets: [6, 10] }
-      }, data))
+      yield* fs.writeFile(
+        file,
+        foreign({
+          a: { dtype: "F8_E4M3", shape: [2, 3], data_offsets: [0, 6] },
+          b: { dtype: "F8_E5M2", shape: [4], data_offsets: [6, 10] }
+        }, data)
+      )
       const io = yield* FileCheckpointIO.make
       const kept = yield* io.load(file)
       assert.strictEqual(kept.tensors["a"]!.dtype, "F8_E4M3")

@@ -2,7 +2,7 @@ import { NodeFileSystem, NodePath } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, FileSystem, Layer } from "effect"
 import { CheckpointIO } from "../src/CheckpointIO.ts"
-import { FaultInjector, type FaultCode, type FaultPoint } from "../src/FaultyFileSystem.ts"
+import { type FaultCode, FaultInjector, type FaultPoint } from "../src/FaultyFileSystem.ts"
 import * as FaultyFileSystem from "../src/FaultyFileSystem.ts"
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import { assertSameTensors } from "../src/testing/CheckpointIOSuite.ts"
@@ -20,9 +20,10 @@ const faulty = () =>
 
 const tempDir = Effect.flatMap(FileSystem.FileSystem, (fs) => fs.makeTempDirectoryScoped({ prefix: "ckpt-file-" }))
 
-const entries = (dir: string) => Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readDirectory(dir)).pipe(
-  Effect.map((names) => names.sort())
-)
+const entries = (dir: string) =>
+  Effect.flatMap(FileSystem.FileSystem, (fs) => fs.readDirectory(dir)).pipe(
+    Effect.map((names) => names.sort())
+  )
 
 describe("FileCheckpointIO", () => {
   it.effect("follows the protocol: temp file, writes, fsync, rename, directory fsync", () =>

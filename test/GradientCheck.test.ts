@@ -6,8 +6,7 @@ import * as GradientCheck from "../src/GradientCheck.ts"
 import * as WasmKernels from "../src/WasmKernels.ts"
 
 /** Runs `f` on a Device on `backend`, released when `f` ends. */
-const on = <A>(backend: Device.BackendName, f: () => A) =>
-  Effect.scoped(Effect.flatMap(Device.make(backend), () => Effect.sync(f)))
+const on = <A>(backend: Device.BackendName, f: () => A) => Effect.scoped(Effect.flatMap(Device.make(backend), () => Effect.sync(f)))
 
 /** max |a - b| / max |a| (0 when both are all zeros). */
 const relativeError = (expected: Float32Array, actual: Float32Array): number => {
@@ -26,7 +25,13 @@ interface KernelCase {
 const tensorOf = (random: GradientCheck.Generator, shape: Array<number>, kind: GradientCheck.InputKind = "mixed") =>
   tf.tensor(GradientCheck.fill(kind, shape.reduce((a, b) => a * b, 1), random), shape)
 
-const pool2D = (x: Array<number>, filterSize: number, strides: number, pad: "valid" | "same", kind: GradientCheck.InputKind): KernelCase => ({
+const pool2D = (
+  x: Array<number>,
+  filterSize: number,
+  strides: number,
+  pad: "valid" | "same",
+  kind: GradientCheck.InputKind
+): KernelCase => ({
   kernel: tf.MaxPoolGrad,
   name: `x [${x}], pool ${filterSize}, stride ${strides}, ${pad}, ${kind}`,
   attrs: { filterSize, strides, pad },
@@ -37,7 +42,14 @@ const pool2D = (x: Array<number>, filterSize: number, strides: number, pad: "val
   }
 })
 
-const pool3D = (kernel: string, x: Array<number>, filterSize: number, strides: number, pad: "valid" | "same", kind: GradientCheck.InputKind): KernelCase => ({
+const pool3D = (
+  kernel: string,
+  x: Array<number>,
+  filterSize: number,
+  strides: number,
+  pad: "valid" | "same",
+  kind: GradientCheck.InputKind
+): KernelCase => ({
   kernel,
   name: `x [${x}], pool ${filterSize}, stride ${strides}, ${pad}, ${kind}`,
   attrs: { filterSize, strides, pad, dataFormat: "NDHWC" },
@@ -50,12 +62,24 @@ const pool3D = (kernel: string, x: Array<number>, filterSize: number, strides: n
   }
 })
 
-const conv3D = (kernel: string, x: Array<number>, filter: Array<number>, strides: number | [number, number, number], pad: "valid" | "same"): KernelCase => ({
+const conv3D = (
+  kernel: string,
+  x: Array<number>,
+  filter: Array<number>,
+  strides: number | [number, number, number],
+  pad: "valid" | "same"
+): KernelCase => ({
   kernel,
   name: `x [${x}], filter [${filter}], stride ${strides}, ${pad}`,
   attrs: kernel === tf.Conv3DBackpropFilterV2 ? { strides, pad, filterShape: filter } : { strides, pad, inputShape: x },
   inputs: (random) => {
-    const info = tf.backend_util.computeConv3DInfo(x as [number, number, number, number, number], filter as [number, number, number, number, number], strides, 1, pad)
+    const info = tf.backend_util.computeConv3DInfo(
+      x as [number, number, number, number, number],
+      filter as [number, number, number, number, number],
+      strides,
+      1,
+      pad
+    )
     const dy = tensorOf(random, info.outShape)
     return kernel === tf.Conv3DBackpropFilterV2 ? { x: tensorOf(random, x), dy } : { dy, filter: tensorOf(random, filter) }
   }
@@ -68,7 +92,15 @@ const depthwise = (kernel: string, x: Array<number>, filter: Array<number>, stri
     ? { strides, pad, dilations: 1, filterShape: filter }
     : { strides, pad, dilations: 1, inputShape: x },
   inputs: (random) => {
-    const info = tf.backend_util.computeConv2DInfo(x as [number, number, number, number], filter as [number, number, number, number], strides, 1, pad, undefined, true)
+    const info = tf.backend_util.computeConv2DInfo(
+      x as [number, number, number, number],
+      filter as [number, number, number, number],
+      strides,
+      1,
+      pad,
+      undefined,
+      true
+    )
     const dy = tensorOf(random, info.outShape)
     return kernel === tf.DepthwiseConv2dNativeBackpropFilter ? { x: tensorOf(random, x), dy } : { dy, filter: tensorOf(random, filter) }
   }
@@ -148,13 +180,40 @@ describe("GradientCheck and the wasm kernels", () => {
         "thresholdedReLU on cpu"
       ])
       const layers = new Set(rows.map((row) => row.layer))
-      for (const layer of [
-        "dense", "conv1d", "conv2d", "conv3d", "conv2dTranspose", "conv3dTranspose", "depthwiseConv2d", "separableConv2d",
-        "maxPooling1d", "maxPooling2d", "maxPooling3d", "averagePooling1d", "averagePooling2d", "averagePooling3d",
-        "globalMaxPooling1d", "globalMaxPooling2d", "globalAveragePooling1d", "globalAveragePooling2d",
-        "batchNormalization", "layerNormalization", "dropout", "embedding", "simpleRNN", "gru", "lstm", "activation",
-        "reshape", "flatten", "concatenate", "loss"
-      ]) assert.isTrue(layers.has(layer), layer)
+      for (
+        const layer of [
+          "dense",
+          "conv1d",
+          "conv2d",
+          "conv3d",
+          "conv2dTranspose",
+          "conv3dTranspose",
+          "depthwiseConv2d",
+          "separableConv2d",
+          "maxPooling1d",
+          "maxPooling2d",
+          "maxPooling3d",
+          "averagePooling1d",
+          "averagePooling2d",
+          "averagePooling3d",
+          "globalMaxPooling1d",
+          "globalMaxPooling2d",
+          "globalAveragePooling1d",
+          "globalAveragePooling2d",
+          "batchNormalization",
+          "layerNormalization",
+          "dropout",
+          "embedding",
+          "simpleRNN",
+          "gru",
+          "lstm",
+          "activation",
+          "reshape",
+          "flatten",
+          "concatenate",
+          "loss"
+        ]
+      ) assert.isTrue(layers.has(layer), layer)
       const table = GradientCheck.table(rows, true)
       assert.include(table, "| conv3dTranspose | 4 |")
       assert.include(table, "n/a: tfjs 4.22 registers no gradient for Conv3DBackpropInputV2")
@@ -190,13 +249,24 @@ describe("GradientCheck and the wasm kernels", () => {
         return runKernels(cases, (c) => WasmKernels.upstreamKernel(c.kernel)!.kernelFunc)
       })
       for (const name of replaced) {
-        const worst = Math.max(...cases.flatMap((c, index) => c.kernel === name ? [relativeError(reference[index]!, upstream[index]!)] : []))
+        const worst = Math.max(
+          ...cases.flatMap((c, index) => c.kernel === name ? [relativeError(reference[index]!, upstream[index]!)] : [])
+        )
         assert.isAbove(worst, 1e-2, name)
       }
     }))
 
   it("issue 20.5: the table has the columns of the docs", () => {
-    const row: GradientCheck.Row = { layer: "dense", name: "a", backend: "wasm", worstAbs: 1e-7, worstRel: 0, worst: "input", tolerance: 1e-4, pass: true }
+    const row: GradientCheck.Row = {
+      layer: "dense",
+      name: "a",
+      backend: "wasm",
+      worstAbs: 1e-7,
+      worstRel: 0,
+      worst: "input",
+      tolerance: 1e-4,
+      pass: true
+    }
     assert.strictEqual(
       GradientCheck.table([row]),
       "| layer | case | backend | worst abs | worst rel | tolerance | pass |\n|---|---|---|---|---|---|---|\n| dense | a | wasm | 1.0e-7 | 0 | 1.0e-4 | yes |"

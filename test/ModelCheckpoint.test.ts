@@ -17,9 +17,9 @@ import * as Random from "../src/Random.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
 import type { StepContext, TrainingModule } from "../src/TrainingModule.ts"
-import { irisClassifier, irisData } from "./support/iris.ts"
 import { countingIO } from "./support/countingIO.ts"
 import { epochEnd, fakeTrainer } from "./support/fakeTrainer.ts"
+import { irisClassifier, irisData } from "./support/iris.ts"
 
 // ---------------------------------------------------------------------------
 // Stacks (as in Trainer.test.ts)
@@ -32,22 +32,20 @@ const quiet: Trainer.TrainerOptions = { enableProgressBar: false, logger: false 
 const devices = (strategy: Layer.Layer<Strategy.Strategy, unknown, Device.Device> = Strategy.singleDevice()) =>
   strategy.pipe(Layer.provideMerge(Device.layer("wasm")), Layer.provideMerge(node))
 
-
 /** Builds a store layer once, so that several Trainers share it. */
-const shared = <E>(layer: Layer.Layer<CheckpointIO, E>) =>
-  Effect.map(Layer.build(layer), (context) => Layer.succeedContext(context))
+const shared = <E>(layer: Layer.Layer<CheckpointIO, E>) => Effect.map(Layer.build(layer), (context) => Layer.succeedContext(context))
 
 const names = (io: CheckpointIOShape, dir: string) => Effect.map(io.list(dir), (entries) => entries.map((e) => posix.basename(e.path)))
 
-const stepOf = (io: CheckpointIOShape, path: string) =>
-  Effect.map(io.load(path), (c) => Option.getOrThrow(c.meta).globalStep)
+const stepOf = (io: CheckpointIOShape, path: string) => Effect.map(io.load(path), (c) => Option.getOrThrow(c.meta).globalStep)
 
 /** Records the metrics each epoch ended with (runs before checkpoint callbacks). */
 const epochRecorder = () => {
   const epochs: Array<{ epoch: number; step: number; metrics: Map<string, number> }> = []
   const callback: Callback.Callback = {
     name: "epochRecorder",
-    onTrainEpochEnd: (t) => Effect.sync(() => void epochs.push({ epoch: t.currentEpoch, step: t.globalStep, metrics: new Map(t.callbackMetrics) }))
+    onTrainEpochEnd: (t) =>
+      Effect.sync(() => void epochs.push({ epoch: t.currentEpoch, step: t.globalStep, metrics: new Map(t.callbackMetrics) }))
   }
   return { callback, epochs }
 }
@@ -114,7 +112,10 @@ describe("ModelCheckpoint", () => {
         assert.strictEqual(yield* name("{epoch}-{val_loss:.2f}"), "/ck/epoch=2-val_loss=0.12.ckpt")
         assert.strictEqual(yield* name("{missing:d}"), "/ck/missing=0.ckpt")
         assert.strictEqual(yield* name("{val_loss}-{acc}-{tiny}"), "/ck/val_loss=0.123456-acc=1.0-tiny=1e-05.ckpt")
-        assert.strictEqual(yield* name("epoch={epoch}-validation_loss={val_loss:.2f}", { autoInsertMetricName: false }), "/ck/epoch=2-validation_loss=0.12.ckpt")
+        assert.strictEqual(
+          yield* name("epoch={epoch}-validation_loss={val_loss:.2f}", { autoInsertMetricName: false }),
+          "/ck/epoch=2-validation_loss=0.12.ckpt"
+        )
         assert.strictEqual(yield* name("{epoch}-{step}", {}, 3), "/ck/epoch=2-step=40-v3.ckpt")
         assert.strictEqual(yield* name("{{x}}-{val_loss:+08.3f}"), "/ck/{x}-val_loss=+000.123.ckpt")
       }))
@@ -123,8 +124,20 @@ describe("ModelCheckpoint", () => {
       Effect.gen(function*() {
         const hostile = new Map([["epoch", 1], ["step", 2], ["val/loss", 0.5], ["..", 3], ["a/../../b", 4], ["/etc/passwd", 5]])
         const templates = [
-          "{val/loss}", "{val/loss:.2f}", "../{epoch}", "../../{step}", "/abs/{epoch}", "..", ".", "{..}", "{a/../../b:.1f}",
-          "{/etc/passwd}", "x/../../y", "\\..\\..\\{epoch}", "{epoch}\u0000/..", "./{epoch}/./.."
+          "{val/loss}",
+          "{val/loss:.2f}",
+          "../{epoch}",
+          "../../{step}",
+          "/abs/{epoch}",
+          "..",
+          ".",
+          "{..}",
+          "{a/../../b:.1f}",
+          "{/etc/passwd}",
+          "x/../../y",
+          "\\..\\..\\{epoch}",
+          "{epoch}\u0000/..",
+          "./{epoch}/./.."
         ]
         for (const auto of [true, false]) {
           for (const filename of templates) {
@@ -215,7 +228,13 @@ describe("ModelCheckpoint", () => {
     it.effect("top-k by val_loss (min) and val_acc (max): exactly the k best are kept", () =>
       Effect.gen(function*() {
         const recorder = epochRecorder()
-        const byLoss = yield* make({ dirpath: "/mem/loss", monitor: "val_loss", mode: "min", saveTopK: 2, filename: "{epoch}-{val_loss:.4f}" })
+        const byLoss = yield* make({
+          dirpath: "/mem/loss",
+          monitor: "val_loss",
+          mode: "min",
+          saveTopK: 2,
+          filename: "{epoch}-{val_loss:.4f}"
+        })
         const byAcc = yield* make({ dirpath: "/mem/acc", monitor: "val_acc", mode: "max", saveTopK: 3 })
         const trainer = yield* Trainer.make({
           ...quiet,
@@ -252,12 +271,21 @@ describe("ModelCheckpoint", () => {
         }
       }).pipe(Effect.provide(devices())))
 
-    const behaviour = (io: Layer.Layer<CheckpointIO, unknown>, root: (fs: FileSystem.FileSystem) => Effect.Effect<string, unknown, Scope.Scope>) =>
+    const behaviour = (
+      io: Layer.Layer<CheckpointIO, unknown>,
+      root: (fs: FileSystem.FileSystem) => Effect.Effect<string, unknown, Scope.Scope>
+    ) =>
       Effect.gen(function*() {
         const fs = yield* FileSystem.FileSystem
         const dir = yield* root(fs)
         const checkpoint = yield* make({ monitor: "val_loss", saveTopK: 2, saveLast: "link", filename: "{epoch}-{step}-{val_loss:.3f}" })
-        const trainer = yield* Trainer.make({ ...quiet, maxEpochs: 4, defaultRootDir: dir, callbacks: [checkpoint], plugins: { checkpointIO: io } })
+        const trainer = yield* Trainer.make({
+          ...quiet,
+          maxEpochs: 4,
+          defaultRootDir: dir,
+          callbacks: [checkpoint],
+          plugins: { checkpointIO: io }
+        })
         yield* trainer.fit(irisClassifier("io"), irisData())
         const store = trainer.checkpointIO
         const kept = [...checkpoint.bestKModels.keys()].map((p) => posix.basename(p))
@@ -273,7 +301,8 @@ describe("ModelCheckpoint", () => {
         const temp = (fs: FileSystem.FileSystem) => fs.makeTempDirectoryScoped({ prefix: "mc-io-" })
         const memory = yield* behaviour(MemoryCheckpointIO.layer, () => Effect.succeed("/mem"))
         const file = yield* behaviour(FileCheckpointIO.layerNode, temp)
-        const asyncMemory = yield* behaviour(AsyncCheckpointIO.layer().pipe(Layer.provide(MemoryCheckpointIO.layer)), () => Effect.succeed("/mem"))
+        const asyncMemory = yield* behaviour(AsyncCheckpointIO.layer().pipe(Layer.provide(MemoryCheckpointIO.layer)), () =>
+          Effect.succeed("/mem"))
         const asyncFile = yield* behaviour(AsyncCheckpointIO.layerNode(), temp)
         // Training is deterministic, so every store ends with the same files.
         assert.deepStrictEqual(file, memory)
@@ -283,7 +312,8 @@ describe("ModelCheckpoint", () => {
         // On disk: nothing outside dirpath, no temporary files left, "last" a full file.
         const fs = yield* FileSystem.FileSystem
         const dir = yield* temp(fs)
-        yield* behaviour(FileCheckpointIO.layerNode, () => Effect.succeed(dir))
+        yield* behaviour(FileCheckpointIO.layerNode, () =>
+          Effect.succeed(dir))
         assert.deepStrictEqual(yield* fs.readDirectory(dir), ["checkpoints"])
         assert.deepStrictEqual((yield* fs.readDirectory(`${dir}/checkpoints`)).sort(), memory.listed)
       }).pipe(Effect.provide(devices())))
@@ -294,7 +324,13 @@ describe("ModelCheckpoint", () => {
         const fit = (maxEpochs: number, root: string, ckptPath?: string, options: ModelCheckpoint.Options = { saveLast: true }) =>
           Effect.gen(function*() {
             const checkpoint = yield* make(options)
-            const trainer = yield* Trainer.make({ ...quiet, maxEpochs, defaultRootDir: root, callbacks: [checkpoint], plugins: { checkpointIO: io } })
+            const trainer = yield* Trainer.make({
+              ...quiet,
+              maxEpochs,
+              defaultRootDir: root,
+              callbacks: [checkpoint],
+              plugins: { checkpointIO: io }
+            })
             const exit = yield* Effect.exit(trainer.fit(irisClassifier(), irisData(), ckptPath === undefined ? undefined : { ckptPath }))
             return { checkpoint, trainer, exit }
           })
@@ -338,7 +374,13 @@ describe("ModelCheckpoint", () => {
         const fit = (maxEpochs: number, ckptPath?: string) =>
           Effect.gen(function*() {
             const checkpoint = yield* make({})
-            const trainer = yield* Trainer.make({ ...quiet, maxEpochs, defaultRootDir: "/p", callbacks: [checkpoint], plugins: { checkpointIO: io } })
+            const trainer = yield* Trainer.make({
+              ...quiet,
+              maxEpochs,
+              defaultRootDir: "/p",
+              callbacks: [checkpoint],
+              plugins: { checkpointIO: io }
+            })
             yield* trainer.fit(irisClassifier(), irisData(), ckptPath === undefined ? undefined : { ckptPath })
             return { checkpoint, trainer }
           })
@@ -358,7 +400,13 @@ describe("ModelCheckpoint", () => {
         const run = (root: string, trainerOptions: Trainer.TrainerOptions, options: ModelCheckpoint.Options = {}) =>
           Effect.gen(function*() {
             const checkpoint = yield* make({ monitor: "val_loss", saveTopK: -1, ...options })
-            const trainer = yield* Trainer.make({ ...quiet, defaultRootDir: root, callbacks: [checkpoint], plugins: { checkpointIO: MemoryCheckpointIO.layer }, ...trainerOptions })
+            const trainer = yield* Trainer.make({
+              ...quiet,
+              defaultRootDir: root,
+              callbacks: [checkpoint],
+              plugins: { checkpointIO: MemoryCheckpointIO.layer },
+              ...trainerOptions
+            })
             yield* trainer.fit(irisClassifier(), irisData())
             return yield* names(trainer.checkpointIO, `${root}/checkpoints`)
           })
@@ -369,12 +417,23 @@ describe("ModelCheckpoint", () => {
         // Validation every 2 epochs: epochs without validation are not saved once validation has run.
         assert.deepStrictEqual(yield* run("/c", { maxEpochs: 4, checkValEveryNEpoch: 2 }), ["epoch=1-step=12.ckpt", "epoch=3-step=24.ckpt"])
         // saveOnTrainEpochEnd false: at the end of each validation; true: at epoch ends only.
-        assert.deepStrictEqual(yield* run("/d", { maxEpochs: 1, valCheckInterval: 0.5 }, { saveOnTrainEpochEnd: false }), ["epoch=0-step=3.ckpt", "epoch=0-step=6.ckpt"])
-        assert.deepStrictEqual(yield* run("/e", { maxEpochs: 1, valCheckInterval: 0.5 }, { saveOnTrainEpochEnd: true }), ["epoch=0-step=6.ckpt"])
+        assert.deepStrictEqual(yield* run("/d", { maxEpochs: 1, valCheckInterval: 0.5 }, { saveOnTrainEpochEnd: false }), [
+          "epoch=0-step=3.ckpt",
+          "epoch=0-step=6.ckpt"
+        ])
+        assert.deepStrictEqual(yield* run("/e", { maxEpochs: 1, valCheckInterval: 0.5 }, { saveOnTrainEpochEnd: true }), [
+          "epoch=0-step=6.ckpt"
+        ])
         // everyNEpochs: top-k every 2 epochs; last at every epoch end.
-        assert.deepStrictEqual(yield* run("/f", { maxEpochs: 4 }, { everyNEpochs: 2, saveLast: true }), ["epoch=1-step=12.ckpt", "epoch=3-step=24.ckpt", "last.ckpt"])
+        assert.deepStrictEqual(yield* run("/f", { maxEpochs: 4 }, { everyNEpochs: 2, saveLast: true }), [
+          "epoch=1-step=12.ckpt",
+          "epoch=3-step=24.ckpt",
+          "last.ckpt"
+        ])
         // Two checkpoint callbacks with the same state key cannot be told apart on resume.
-        const twins = yield* Effect.flip(Trainer.make({ ...quiet, callbacks: [yield* make({ monitor: "a" }), yield* make({ monitor: "a", saveTopK: 3 })] }))
+        const twins = yield* Effect.flip(
+          Trainer.make({ ...quiet, callbacks: [yield* make({ monitor: "a" }), yield* make({ monitor: "a", saveTopK: 3 })] })
+        )
         assert.strictEqual(twins._tag, "TrainerConfigError")
       }).pipe(Effect.provide(devices())))
 
@@ -392,7 +451,13 @@ describe("ModelCheckpoint", () => {
           }
         }
         const checkpoint = yield* make({ saveOnException: true, saveLast: "link" })
-        const trainer = yield* Trainer.make({ ...quiet, maxEpochs: 2, defaultRootDir: "/x", callbacks: [checkpoint], plugins: { checkpointIO: MemoryCheckpointIO.layer } })
+        const trainer = yield* Trainer.make({
+          ...quiet,
+          maxEpochs: 2,
+          defaultRootDir: "/x",
+          callbacks: [checkpoint],
+          plugins: { checkpointIO: MemoryCheckpointIO.layer }
+        })
         const error = yield* Effect.flip(trainer.fit(failing(9), irisData()))
         assert.include(error.message, "boom")
         const io = trainer.checkpointIO
@@ -470,7 +535,11 @@ describe("ModelCheckpoint", () => {
         yield* same.loadStateDict(state)
         assert.deepStrictEqual([...same.bestKModels], [...a.bestKModels])
         assert.deepStrictEqual([same.bestModelPath, same.bestModelScore, same.kthBestModelPath, same.kthValue, same.lastModelPath], [
-          a.bestModelPath, a.bestModelScore, a.kthBestModelPath, Infinity, "/a/last.ckpt"
+          a.bestModelPath,
+          a.bestModelScore,
+          a.kthBestModelPath,
+          Infinity,
+          "/a/last.ckpt"
         ])
 
         const moved = yield* make({ dirpath: "/b", monitor: "m", saveTopK: 2, saveLast: true })
@@ -563,7 +632,13 @@ describe("ModelCheckpoint", () => {
         if (rand() < 0.2) foreign.push(`${dir}/last.ckpt`)
         const foreignIO = yield* memoryIO(files)
         for (const path of foreign) {
-          yield* foreignIO.save(Checkpoint.make({ tensors: { "model/w": Checkpoint.tensor("F32", [1], Float32Array.of(-1)) }, meta: { epoch: 0, globalStep: 0 } }), path)
+          yield* foreignIO.save(
+            Checkpoint.make({
+              tensors: { "model/w": Checkpoint.tensor("F32", [1], Float32Array.of(-1)) },
+              meta: { epoch: 0, globalStep: 0 }
+            }),
+            path
+          )
         }
         const foreignBytes = new Map(foreign.map((p) => [p, files.get(p)]))
 
@@ -614,13 +689,17 @@ describe("ModelCheckpoint", () => {
           for (const [path, bytes] of foreignBytes) assert.strictEqual(files.get(path), bytes, `${label}: ${path}`)
           // 3. Exactly the kept set in dirpath.
           const expected = new Set<string>()
-          if (config.monitor !== undefined) for (const p of cb.bestKModels.keys()) expected.add(p)
+          if (config.monitor !== undefined) { for (const p of cb.bestKModels.keys()) expected.add(p) }
           else if (config.topK === 1 && cb.bestModelPath !== undefined) expected.add(cb.bestModelPath)
-          else if (config.topK === -1) for (const p of noMonitorPaths) expected.add(p)
+          else if (config.topK === -1) { for (const p of noMonitorPaths) expected.add(p) }
           if (config.saveLast !== false) expected.add(cb.lastModelPath!)
           for (const p of foreign) if (posix.dirname(p) === dir) expected.add(p)
           if (ops.resumedFrom !== undefined) expected.add(ops.resumedFrom)
-          assert.deepStrictEqual(filesUnder(files, dir), [...expected].map((p) => posix.basename(p)).sort(), `${label} after event ${event}`)
+          assert.deepStrictEqual(
+            filesUnder(files, dir),
+            [...expected].map((p) => posix.basename(p)).sort(),
+            `${label} after event ${event}`
+          )
           // 4. The top k by the rules: the k best values (NaN as the worst), as a multiset.
           if (config.monitor !== undefined) {
             const all = values.map((v) => (Number.isNaN(v) ? worst : v)).sort(rank)
@@ -683,51 +762,69 @@ describe("ModelCheckpoint", () => {
       }
     }
 
-    it.effect("property: 2000 random metric sequences (with NaN) × saveTopK × saveLast × mode over MemoryCheckpointIO", () =>
-      Effect.gen(function*() {
-        const cases = 2000
-        let removals = 0
-        for (let i = 0; i < cases; i++) {
-          const files = new Map<string, MemoryCheckpointIO.StoredFile>()
-          const ops = { violations: [] as Array<string>, lastWritten: undefined as string | undefined, resumedFrom: undefined as string | undefined }
-          const base = yield* memoryIO(files)
-          const counted: CheckpointIOShape = { ...base, remove: (p) => Effect.suspend(() => (removals++, base.remove(p))) }
-          const io = watched(counted, (p) => files.has(MemoryCheckpointIO.normalize(p)), ops, "/ckpt/run")
-          yield* runCase(Random.mix(1, i), configOf(i), io, files, ops)
-        }
-        assert.isAbove(removals, 1000, "the cases exercise rotation")
-      }), 120_000)
-
-    it.effect("property over AsyncCheckpointIO with slow commits: a rotated-out file goes only after its replacement is committed", () =>
-      Effect.gen(function*() {
-        for (let i = 0; i < 300; i++) {
-          yield* Effect.scoped(Effect.gen(function*() {
+    it.effect(
+      "property: 2000 random metric sequences (with NaN) × saveTopK × saveLast × mode over MemoryCheckpointIO",
+      () =>
+        Effect.gen(function*() {
+          const cases = 2000
+          let removals = 0
+          for (let i = 0; i < cases; i++) {
             const files = new Map<string, MemoryCheckpointIO.StoredFile>()
-            const ops = { violations: [] as Array<string>, lastWritten: undefined as string | undefined, resumedFrom: undefined as string | undefined }
-            const memory = yield* memoryIO(files)
-            // Commits land several scheduler turns after the background write starts.
-            const slow: CheckpointIOShape = {
-              ...memory,
-              save: (c, p, o) =>
-                Effect.gen(function*() {
-                  for (let k = 0; k < 8; k++) yield* Effect.yieldNow
-                  yield* memory.save(c, p, o)
-                }),
-              remove: (p) =>
-                Effect.suspend(() => {
-                  // Checked where it matters: when the store really deletes.
-                  if (ops.lastWritten !== undefined && p !== ops.lastWritten && !files.has(MemoryCheckpointIO.normalize(ops.lastWritten))) {
-                    ops.violations.push(`store removed ${p} before ${ops.lastWritten} was committed`)
-                  }
-                  return memory.remove(p)
-                })
+            const ops = {
+              violations: [] as Array<string>,
+              lastWritten: undefined as string | undefined,
+              resumedFrom: undefined as string | undefined
             }
-            const pool = yield* AsyncCheckpointIO.make({ checksumWorker: false }).pipe(Effect.provideService(CheckpointIO, slow))
-            // The wrapper in front records what the callback asked for; commits are checked in `slow`.
-            const io = watched(pool, () => true, ops, "/ckpt/run")
-            yield* runCase(Random.mix(2, i), configOf(i), io, files, ops, pool.flush)
-          }))
-        }
-      }), 120_000)
+            const base = yield* memoryIO(files)
+            const counted: CheckpointIOShape = { ...base, remove: (p) => Effect.suspend(() => (removals++, base.remove(p))) }
+            const io = watched(counted, (p) => files.has(MemoryCheckpointIO.normalize(p)), ops, "/ckpt/run")
+            yield* runCase(Random.mix(1, i), configOf(i), io, files, ops)
+          }
+          assert.isAbove(removals, 1000, "the cases exercise rotation")
+        }),
+      120_000
+    )
+
+    it.effect(
+      "property over AsyncCheckpointIO with slow commits: a rotated-out file goes only after its replacement is committed",
+      () =>
+        Effect.gen(function*() {
+          for (let i = 0; i < 300; i++) {
+            yield* Effect.scoped(Effect.gen(function*() {
+              const files = new Map<string, MemoryCheckpointIO.StoredFile>()
+              const ops = {
+                violations: [] as Array<string>,
+                lastWritten: undefined as string | undefined,
+                resumedFrom: undefined as string | undefined
+              }
+              const memory = yield* memoryIO(files)
+              // Commits land several scheduler turns after the background write starts.
+              const slow: CheckpointIOShape = {
+                ...memory,
+                save: (c, p, o) =>
+                  Effect.gen(function*() {
+                    for (let k = 0; k < 8; k++) yield* Effect.yieldNow
+                    yield* memory.save(c, p, o)
+                  }),
+                remove: (p) =>
+                  Effect.suspend(() => {
+                    // Checked where it matters: when the store really deletes.
+                    if (
+                      ops.lastWritten !== undefined && p !== ops.lastWritten && !files.has(MemoryCheckpointIO.normalize(ops.lastWritten))
+                    ) {
+                      ops.violations.push(`store removed ${p} before ${ops.lastWritten} was committed`)
+                    }
+                    return memory.remove(p)
+                  })
+              }
+              const pool = yield* AsyncCheckpointIO.make({ checksumWorker: false }).pipe(Effect.provideService(CheckpointIO, slow))
+              // The wrapper in front records what the callback asked for; commits are checked in `slow`.
+              const io = watched(pool, () => true, ops, "/ckpt/run")
+              yield* runCase(Random.mix(2, i), configOf(i), io, files, ops, pool.flush)
+            }))
+          }
+        }),
+      120_000
+    )
   })
 })

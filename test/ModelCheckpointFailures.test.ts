@@ -12,7 +12,7 @@ import { CheckpointIO, type CheckpointIOShape, CheckpointStorageError } from "..
 import * as FileCheckpointIO from "../src/FileCheckpointIO.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
 import * as ModelCheckpoint from "../src/ModelCheckpoint.ts"
-import { epochEnd, fakeTrainer, type FakeTrainer } from "./support/fakeTrainer.ts"
+import { epochEnd, type FakeTrainer, fakeTrainer } from "./support/fakeTrainer.ts"
 
 /** The memory store, failing the saves whose path ends with one of `failing`. */
 const failingMemory = (files: Map<string, MemoryCheckpointIO.StoredFile>, failing: Set<string>) =>
@@ -156,7 +156,10 @@ describe("ModelCheckpoint and failed saves", () => {
       t.globalStep = 2
       yield* cb.onException(t, new Error("boom"))
       assert.isFalse(logs.some((l) => l.includes("; saved ")), logs.join("\n"))
-      assert.isTrue(logs.some((l) => l.startsWith("Warn") && l.includes("exception-epoch=0-step=2.ckpt could not be saved")), logs.join("\n"))
+      assert.isTrue(
+        logs.some((l) => l.startsWith("Warn") && l.includes("exception-epoch=0-step=2.ckpt could not be saved")),
+        logs.join("\n")
+      )
       assert.deepStrictEqual((yield* io.takeFailures).map((f) => posix.basename(f.path)), ["exception-epoch=0-step=2.ckpt"])
     }).pipe(Effect.provide(layer))
   })
@@ -199,7 +202,6 @@ describe("ModelCheckpoint and failed saves", () => {
     }))
 })
 
-
 describe("ModelCheckpoint: storage that cannot answer", () => {
   it.effect("issue 12.9: #forgetMissing no longer swallows every error: an exists that fails keeps its file tracked, with a warning, and the others are still checked", () => {
     const { layer, logs } = collect()
@@ -215,7 +217,14 @@ describe("ModelCheckpoint: storage that cannot answer", () => {
             : base.exists(path)
       }
       const io = yield* asyncOver(flaky)
-      const cb = yield* ModelCheckpoint.make({ dirpath: "/m", monitor: "loss", mode: "min", everyNTrainSteps: 1, saveTopK: -1, saveErrors: "warn" })
+      const cb = yield* ModelCheckpoint.make({
+        dirpath: "/m",
+        monitor: "loss",
+        mode: "min",
+        everyNTrainSteps: 1,
+        saveTopK: -1,
+        saveErrors: "warn"
+      })
       const t = fakeTrainer(io, () => [cb])
       yield* cb.setup(t, "fit")
       for (const step of [1, 2]) {
@@ -232,7 +241,10 @@ describe("ModelCheckpoint: storage that cannot answer", () => {
       yield* io.flush
       const tracked = [...cb.bestKModels.keys()].map((p) => posix.basename(p)).sort()
       assert.deepStrictEqual(tracked, ["epoch=0-step=1.ckpt", "epoch=0-step=3.ckpt"], "step 2 forgotten, step 1 kept")
-      assert.isTrue(logs.some((l) => l.startsWith("Warn") && l.includes("cannot tell whether /m/epoch=0-step=1.ckpt exists")), logs.join("\n"))
+      assert.isTrue(
+        logs.some((l) => l.startsWith("Warn") && l.includes("cannot tell whether /m/epoch=0-step=1.ckpt exists")),
+        logs.join("\n")
+      )
     }).pipe(Effect.provide(layer))
   })
 })

@@ -5,15 +5,15 @@ import { Deferred, Effect, Exit, Fiber, FileSystem, Layer, Option } from "effect
 import * as Callback from "../src/Callback.ts"
 import * as CheckpointConnector from "../src/CheckpointConnector.ts"
 import { CheckpointIO } from "../src/CheckpointIO.ts"
+import type * as DataModule from "../src/DataModule.ts"
 import * as Device from "../src/Device.ts"
 import * as LRScheduler from "../src/LRScheduler.ts"
 import * as MemoryCheckpointIO from "../src/MemoryCheckpointIO.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
-import type * as DataModule from "../src/DataModule.ts"
 import type { StepContext, TrainingModule } from "../src/TrainingModule.ts"
-import { irisClassifier, irisData } from "./support/iris.ts"
 import { countingIO } from "./support/countingIO.ts"
+import { irisClassifier, irisData } from "./support/iris.ts"
 
 const node = Layer.mergeAll(NodeFileSystem.layer, NodePath.layer)
 
@@ -30,20 +30,40 @@ const stack = (
     Layer.provideMerge(node)
   )
 
-
 /** Records every hook call as a line. */
 const recorder = (log: Array<string>): Callback.Callback => {
   const hooks = [
-    "setup", "teardown", "onFitStart", "onFitEnd", "onSanityCheckStart", "onSanityCheckEnd", "onTrainStart", "onTrainEnd",
-    "onTrainEpochStart", "onTrainEpochEnd", "onTrainBatchStart", "onTrainBatchEnd", "onValidationStart", "onValidationEnd",
-    "onValidationEpochStart", "onValidationEpochEnd", "onValidationBatchStart", "onValidationBatchEnd", "onTestStart", "onTestEnd",
+    "setup",
+    "teardown",
+    "onFitStart",
+    "onFitEnd",
+    "onSanityCheckStart",
+    "onSanityCheckEnd",
+    "onTrainStart",
+    "onTrainEnd",
+    "onTrainEpochStart",
+    "onTrainEpochEnd",
+    "onTrainBatchStart",
+    "onTrainBatchEnd",
+    "onValidationStart",
+    "onValidationEnd",
+    "onValidationEpochStart",
+    "onValidationEpochEnd",
+    "onValidationBatchStart",
+    "onValidationBatchEnd",
+    "onTestStart",
+    "onTestEnd",
     "onException"
   ] as const
   const cb: Record<string, unknown> = { name: "recorder" }
   for (const hook of hooks) {
     cb[hook] = (t: Callback.TrainerState, ...args: Array<unknown>) =>
       Effect.sync(() => {
-        const arg = typeof args[args.length - 1] === "number" ? `(${args[args.length - 1]})` : hook === "setup" || hook === "teardown" ? `(${args[0]})` : ""
+        const arg = typeof args[args.length - 1] === "number"
+          ? `(${args[args.length - 1]})`
+          : hook === "setup" || hook === "teardown"
+          ? `(${args[0]})`
+          : ""
         log.push(`${hook}${arg} e${t.currentEpoch} s${t.globalStep}`)
       })
   }
@@ -106,7 +126,14 @@ describe("Trainer", () => {
   it.effect("callbacks fire in Lightning's order", () =>
     Effect.gen(function*() {
       const log: Array<string> = []
-      const trainer = yield* Trainer.make({ ...quiet, maxEpochs: 2, limitTrainBatches: 2, limitValBatches: 1, numSanityValSteps: 1, callbacks: [recorder(log)] })
+      const trainer = yield* Trainer.make({
+        ...quiet,
+        maxEpochs: 2,
+        limitTrainBatches: 2,
+        limitValBatches: 1,
+        numSanityValSteps: 1,
+        callbacks: [recorder(log)]
+      })
       yield* trainer.fit(irisClassifier(), irisData())
       assert.deepStrictEqual(log, [
         "setup(fit) e0 s0",
@@ -158,7 +185,13 @@ describe("Trainer", () => {
       assert.strictEqual(log.filter((l) => l.startsWith("onValidationEnd")).length, 4)
 
       log.length = 0
-      const everyOther = yield* Trainer.make({ ...quiet, maxEpochs: 4, checkValEveryNEpoch: 2, numSanityValSteps: 0, callbacks: [recorder(log)] })
+      const everyOther = yield* Trainer.make({
+        ...quiet,
+        maxEpochs: 4,
+        checkValEveryNEpoch: 2,
+        numSanityValSteps: 0,
+        callbacks: [recorder(log)]
+      })
       yield* everyOther.fit(irisClassifier("other"), irisData())
       assert.deepStrictEqual(log.filter((l) => l.startsWith("onValidationEnd")).map((l) => l.split(" ")[1]), ["e1", "e3"])
 
@@ -280,7 +313,9 @@ describe("Trainer", () => {
       assert.deepStrictEqual(order.slice(0, 4), ["plain", "checkpoint", "plain", "checkpoint"])
       assert.strictEqual(custom.counts.save, 2)
       assert.deepStrictEqual((yield* trainer.checkpointIO.list("/ckpt")).map((e) => e.path), ["/ckpt/step=3.ckpt", "/ckpt/step=6.ckpt"])
-    }).pipe(Effect.provide(stack({ maxEpochs: 1, enableCheckpointing: true, callbacks: [ckpt, plain], plugins: { checkpointIO: custom.layer } })))
+    }).pipe(
+      Effect.provide(stack({ maxEpochs: 1, enableCheckpointing: true, callbacks: [ckpt, plain], plugins: { checkpointIO: custom.layer } }))
+    )
   })
 
   it.effect("saveCheckpoint round-trips weights and Adam's slots and step into a fresh model", () =>
@@ -292,7 +327,12 @@ describe("Trainer", () => {
       yield* trainer.saveCheckpoint("/ckpt/weights.ckpt", { weightsOnly: true })
       const full = yield* trainer.checkpointIO.load("/ckpt/full.ckpt")
       const names = Object.keys(full.tensors)
-      assert.deepStrictEqual(names.filter((n) => n.startsWith("model/")).sort(), ["model/hidden/bias", "model/hidden/kernel", "model/out/bias", "model/out/kernel"])
+      assert.deepStrictEqual(names.filter((n) => n.startsWith("model/")).sort(), [
+        "model/hidden/bias",
+        "model/hidden/kernel",
+        "model/out/bias",
+        "model/out/kernel"
+      ])
       assert.strictEqual(names.filter((n) => n.startsWith("optimizer/")).length, 11, "Adam: iter, 4 m, 4 v, accBeta1 and 2")
       const meta = Option.getOrThrow(full.meta)
       assert.deepStrictEqual(meta.optimizer?.className, "Adam")
@@ -361,13 +401,20 @@ describe("Trainer", () => {
           name: "Counter",
           stateKey: "Counter{v1}",
           stateDict: () => ({ batches }),
-          loadStateDict: (state) => Effect.sync(() => {
-            loaded.push(state)
-            batches = (state as { batches: number }).batches
-          }),
+          loadStateDict: (state) =>
+            Effect.sync(() => {
+              loaded.push(state)
+              batches = (state as { batches: number }).batches
+            }),
           onTrainBatchEnd: () => Effect.sync(() => void batches++)
         }
-        return { cb, loaded, get batches() { return batches } }
+        return {
+          cb,
+          loaded,
+          get batches() {
+            return batches
+          }
+        }
       }
       const userState: Array<unknown> = []
       const module = (name: string) => ({
@@ -380,7 +427,13 @@ describe("Trainer", () => {
 
       // Straight: 3 epochs.
       const straightModule = module("straight")
-      const straight = yield* Trainer.make({ ...quiet, maxEpochs: 3, seed: 11, numSanityValSteps: 0, plugins: { checkpointIO: MemoryCheckpointIO.layer } })
+      const straight = yield* Trainer.make({
+        ...quiet,
+        maxEpochs: 3,
+        seed: 11,
+        numSanityValSteps: 0,
+        plugins: { checkpointIO: MemoryCheckpointIO.layer }
+      })
       yield* straight.fit(straightModule, irisData())
 
       // Stopped at step 8 (mid-epoch: 6 batches per epoch), saved, then resumed in a new Trainer.
@@ -392,13 +445,27 @@ describe("Trainer", () => {
       const io = Layer.effect(CheckpointIO, MemoryCheckpointIO.make).pipe(Layer.provideMerge(MemoryCheckpointIO.MemoryStore.layer))
       const shared = yield* Layer.build(io)
       const sharedIO = Layer.succeedContext(shared)
-      const part1 = yield* Trainer.make({ ...quiet, maxEpochs: 3, seed: 11, numSanityValSteps: 0, callbacks: [first.cb, stopAt8], plugins: { checkpointIO: sharedIO } })
+      const part1 = yield* Trainer.make({
+        ...quiet,
+        maxEpochs: 3,
+        seed: 11,
+        numSanityValSteps: 0,
+        callbacks: [first.cb, stopAt8],
+        plugins: { checkpointIO: sharedIO }
+      })
       yield* part1.fit(module("part1"), irisData())
       assert.strictEqual(part1.state.globalStep, 8)
 
       const second = counter()
       const resumedModule = module("part2")
-      const part2 = yield* Trainer.make({ ...quiet, maxEpochs: 3, seed: 999, numSanityValSteps: 0, callbacks: [second.cb], plugins: { checkpointIO: sharedIO } })
+      const part2 = yield* Trainer.make({
+        ...quiet,
+        maxEpochs: 3,
+        seed: 999,
+        numSanityValSteps: 0,
+        callbacks: [second.cb],
+        plugins: { checkpointIO: sharedIO }
+      })
       yield* part2.fit(resumedModule, irisData(), { ckptPath: "/ckpt/mid.ckpt" })
       assert.deepStrictEqual(second.loaded, [{ batches: 8 }])
       assert.strictEqual(second.batches, 18)

@@ -36,7 +36,10 @@ const assertStat = (s: Stat | undefined, where: string, zeroAllowed: boolean) =>
   assert.isAbove(s!.n, 0, `${where}: n`)
   assert.strictEqual(s!.samples.length, s!.n, `${where}: samples`)
   for (const x of [s!.median, s!.min, s!.max, ...s!.samples]) {
-    assert.isTrue(Number.isFinite(x) && (zeroAllowed ? x >= 0 : x > 0), `${where}: ${x} is not a ${zeroAllowed ? "non-negative" : "positive"} finite number`)
+    assert.isTrue(
+      Number.isFinite(x) && (zeroAllowed ? x >= 0 : x > 0),
+      `${where}: ${x} is not a ${zeroAllowed ? "non-negative" : "positive"} finite number`
+    )
   }
   assert.isTrue(s!.min <= s!.median && s!.median <= s!.max, `${where}: min <= median <= max`)
 }
@@ -164,12 +167,27 @@ describe("bench suite (smoke)", () => {
       const json = path.join(dir, "peers.json")
       execFileSync(
         process.execPath,
-        ["--expose-gc", "bench/peers.ts", "--mb", "2", "--tensors", "8", "--repeats", "2", "--dir", path.join(dir, "scratch"), "--json", json],
+        [
+          "--expose-gc",
+          "bench/peers.ts",
+          "--mb",
+          "2",
+          "--tensors",
+          "8",
+          "--repeats",
+          "2",
+          "--dir",
+          path.join(dir, "scratch"),
+          "--json",
+          json
+        ],
         { stdio: "pipe", env: { ...process.env, PYTHONPATH: path.join(dir, "fake") }, timeout: 60_000 }
       )
       const result = JSON.parse(fs.readFileSync(json, "utf8")) as Record<string, number>
       assert.deepStrictEqual(Object.keys(result).sort(), ["bytes", "load_vs_tfjs", "load_vs_torch", "save_vs_tfjs", "save_vs_torch"])
-      for (const key of ["load_vs_tfjs", "load_vs_torch", "save_vs_tfjs", "save_vs_torch"]) assert.isTrue(isFinitePositive(result[key]), key)
+      for (const key of ["load_vs_tfjs", "load_vs_torch", "save_vs_tfjs", "save_vs_torch"]) {
+        assert.isTrue(isFinitePositive(result[key]), key)
+      }
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })
     }

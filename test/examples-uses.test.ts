@@ -49,10 +49,12 @@ const field = (out: string, label: string): string => {
 
 /** `save=5 load=1 …` as numbers. */
 const counts = (out: string): Record<string, number> =>
-  Object.fromEntries(field(out, "custom IO saw: ").split(" ").map((kv) => {
-    const [k, v] = kv.split("=")
-    return [k!, Number(v)]
-  }))
+  Object.fromEntries(
+    field(out, "custom IO saw: ").split(" ").map((kv) => {
+      const [k, v] = kv.split("=")
+      return [k!, Number(v)]
+    })
+  )
 
 const load = (file: string): Promise<Checkpoint> =>
   Effect.runPromise(

@@ -10,8 +10,8 @@
  *
  * @since 0.2.0
  */
+export * as FaultyFileSystem from "../FaultyFileSystem.ts"
+export * as MemoryCheckpointIO from "../MemoryCheckpointIO.ts"
+export * as PowerCutFileSystem from "../PowerCutFileSystem.ts"
 export * as CheckpointIOSuite from "./CheckpointIOSuite.ts"
 export * as RecordingCheckpointIO from "./RecordingCheckpointIO.ts"
-export * as MemoryCheckpointIO from "../MemoryCheckpointIO.ts"
-export * as FaultyFileSystem from "../FaultyFileSystem.ts"
-export * as PowerCutFileSystem from "../PowerCutFileSystem.ts"

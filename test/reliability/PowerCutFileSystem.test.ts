@@ -140,8 +140,7 @@ describe("PowerCutFileSystem", () => {
             ...file,
             [FileSystem.FileTypeId]: FileSystem.FileTypeId,
             stat: file.stat,
-            sync: Effect.flatMap(file.stat, (info) =>
-              (info.type === "Directory") === (drop === "directory") ? Effect.void : file.sync)
+            sync: Effect.flatMap(file.stat, (info) => (info.type === "Directory") === (drop === "directory") ? Effect.void : file.sync)
           }))
       })
       const store = (fileSystem: FileSystem.FileSystem) =>

@@ -304,7 +304,11 @@ const runChain = async (chainSeed: number, kills: number, log: (line: string) =>
         if (entry.op === "fit-start" && !byEvent) signalAfter(child, "SIGKILL", delayMs)
         if (/-(begin|end)$/.test(entry.op) && byEvent && ++storageEvents === eventIndex) signalAfter(child, "SIGKILL", eventDelay)
       })
-      const what = completion ? `completion run to step ${target}` : byEvent ? `kill at storage event ${eventIndex} + ${eventDelay}` : `kill ${delayMs} ms after start`
+      const what = completion
+        ? `completion run to step ${target}`
+        : byEvent
+        ? `kill at storage event ${eventIndex} + ${eventDelay}`
+        : `kill ${delayMs} ms after start`
       if (run.timedOut) {
         fail(link, `${what}: the child hung (killed after the timeout)\n${run.output.slice(-800)}`)
         break
@@ -351,12 +355,16 @@ const runChain = async (chainSeed: number, kills: number, log: (line: string) =>
         const message = `${what}: last.ckpt's saved state tracks ${checked.dangling} top-k file(s) no longer in the directory`
         if (strictTracking) fail(link, message)
         else report.known.push({ seed: chainSeed, message: `[${io} io, saveLast ${saveLast}, every ${every}, child ${link}] ${message}` })
-        log(`chain ${chainSeed} child ${link} (${io} io, saveLast ${saveLast}): last.ckpt's state tracks ${checked.dangling} deleted top-k file(s)`)
+        log(
+          `chain ${chainSeed} child ${link} (${io} io, saveLast ${saveLast}): last.ckpt's state tracks ${checked.dangling} deleted top-k file(s)`
+        )
       }
       prior = new Map([...checked.state.files].map(([p, s]) => [nodePath.resolve(p), s]))
       ever = checked.everTopK
       pids.push(run.pid)
-      log(`chain ${chainSeed} child ${link}: ${what}; ${checked.phase}; ${checked.state.files.size} checkpoint(s), ${checked.failures.length} failure(s)`)
+      log(
+        `chain ${chainSeed} child ${link}: ${what}; ${checked.phase}; ${checked.state.files.size} checkpoint(s), ${checked.failures.length} failure(s)`
+      )
     }
   } finally {
     if (report.failures.length === 0) removeDir(dir)
@@ -375,8 +383,11 @@ export const runCrashTrials = async (options: CrashOptions = {}): Promise<Result
   const seeds = options.onlyChainSeed !== undefined
     ? [options.onlyChainSeed]
     : Array.from({ length: chains }, (_, i) => trialSeed(seed, i))
-  const reports = await pool(seeds, options.concurrency ?? 2, (chainSeed, i) =>
-    runChain(chainSeed, Math.min(perChain, kills - i * perChain) || perChain, log, options.strictTracking ?? false))
+  const reports = await pool(
+    seeds,
+    options.concurrency ?? 2,
+    (chainSeed, i) => runChain(chainSeed, Math.min(perChain, kills - i * perChain) || perChain, log, options.strictTracking ?? false)
+  )
   const phases: Record<string, number> = {}
   for (const r of reports) for (const [k, v] of Object.entries(r.phases)) phases[`killed ${k}`] = (phases[`killed ${k}`] ?? 0) + v
   return {

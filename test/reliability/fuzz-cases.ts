@@ -26,7 +26,7 @@ import { CheckpointIO, type LoadOptions } from "../../src/CheckpointIO.ts"
 import * as MemoryCheckpointIO from "../../src/MemoryCheckpointIO.ts"
 import { sample } from "../support/checkpoints.ts"
 import { crcHex, crcKey, encode, foreign, headerCrcKey, headerText, split } from "./safetensorsBytes.ts"
-import { type Failure, prng, type Prng, trialSeed } from "./support.ts"
+import { type Failure, type Prng, prng, trialSeed } from "./support.ts"
 
 export interface FuzzOptions {
   /** `"random"` (default): seeded mutations; `"crafted"`: the hand-made hostile files of `craftedCases`. */
@@ -231,7 +231,28 @@ interface Mutation {
 const clone = <A>(a: A): A => JSON.parse(JSON.stringify(a)) as A
 
 const oddValues: ReadonlyArray<unknown> = [
-  0, 1, -1, 2, 7, 8, 1.5, -0.5, 2 ** 31, 2 ** 32 + 1, 2 ** 53 - 1, 2 ** 53, 1e308, -1e308, "3", "", null, true, [], {}, [1], [0, 0]
+  0,
+  1,
+  -1,
+  2,
+  7,
+  8,
+  1.5,
+  -0.5,
+  2 ** 31,
+  2 ** 32 + 1,
+  2 ** 53 - 1,
+  2 ** 53,
+  1e308,
+  -1e308,
+  "3",
+  "",
+  null,
+  true,
+  [],
+  {},
+  [1],
+  [0, 0]
 ]
 
 /** One structured edit of a parsed header (a fresh object). */
@@ -324,7 +345,28 @@ const editHeader = (rng: Prng, header: Record<string, unknown>): Record<string, 
 
 /** Random JSON-looking header text. */
 const randomHeaderText = (rng: Prng): string => {
-  const tokens = ["{", "}", "[", "]", ",", ":", "\"a\"", "\"dtype\"", "\"F32\"", "\"shape\"", "\"data_offsets\"", "0", "1", "-1", "1e999", "\"__metadata__\"", "null", "true", " ", "\"\\u0000\""]
+  const tokens = [
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"a\"",
+    "\"dtype\"",
+    "\"F32\"",
+    "\"shape\"",
+    "\"data_offsets\"",
+    "0",
+    "1",
+    "-1",
+    "1e999",
+    "\"__metadata__\"",
+    "null",
+    "true",
+    " ",
+    "\"\\u0000\""
+  ]
   let out = ""
   const n = rng.range(0, 40)
   for (let i = 0; i < n; i++) out += rng.pick(tokens)
@@ -371,7 +413,22 @@ const mutate = (rng: Prng, base: Base): Mutation => {
   if (roll < 59) {
     const copy = bytes.slice()
     const n = BigInt(parts.headerLength)
-    const value = rng.pick([0n, 1n, 2n, 7n, n - 8n, n - 1n, n + 1n, n + 8n, BigInt(bytes.length), BigInt(bytes.length) - 8n, 1n << 32n, 1n << 53n, (1n << 64n) - 1n, BigInt(rng.int(2 ** 31)) << BigInt(rng.int(33))])
+    const value = rng.pick([
+      0n,
+      1n,
+      2n,
+      7n,
+      n - 8n,
+      n - 1n,
+      n + 1n,
+      n + 8n,
+      BigInt(bytes.length),
+      BigInt(bytes.length) - 8n,
+      1n << 32n,
+      1n << 53n,
+      (1n << 64n) - 1n,
+      BigInt(rng.int(2 ** 31)) << BigInt(rng.int(33))
+    ])
     new DataView(copy.buffer).setBigUint64(0, BigInt.asUintN(64, value), true)
     return { kind: "length prefix", bytes: copy, oracle: rawOracle }
   }
@@ -409,7 +466,11 @@ const mutate = (rng: Prng, base: Base): Mutation => {
     return { kind: "tensor edit, checksums recomputed", bytes: encode(headerText(header), data, { fixCrc: true }), oracle: "consistent" }
   }
   if (roll < 97) {
-    return { kind: "random header", bytes: encode(randomHeaderText(rng), rng.bytes(rng.int(16)), { pad: rng.chance(0.5) }), oracle: "consistent" }
+    return {
+      kind: "random header",
+      bytes: encode(randomHeaderText(rng), rng.bytes(rng.int(16)), { pad: rng.chance(0.5) }),
+      oracle: "consistent"
+    }
   }
   return { kind: "random file", bytes: rng.bytes(rng.int(128)), oracle: "consistent" }
 }
@@ -455,7 +516,9 @@ const describes = (file: Uint8Array, loaded: Checkpoint.Checkpoint, options: Loa
   let names = Object.keys(header).filter((k) => k !== "__metadata__")
   if (options.weightsOnly === true && ours) names = names.filter((k) => k.startsWith(Checkpoint.modelPrefix))
   const got = Object.keys(loaded.tensors)
-  if (got.slice().sort().join("\n") !== names.slice().sort().join("\n")) return `tensors [${got.join(", ")}] but the header names [${names.join(", ")}]`
+  if (got.slice().sort().join("\n") !== names.slice().sort().join("\n")) {
+    return `tensors [${got.join(", ")}] but the header names [${names.join(", ")}]`
+  }
   let total = 0
   for (const name of Object.keys(header)) {
     if (name === "__metadata__") continue
@@ -526,34 +589,102 @@ export const craftedCases = (): ReadonlyArray<Crafted> => {
     { name: "header length 2^64-1", bytes: prefixOnly((1n << 64n) - 1n), expect: "error" },
     { name: "header length just over the 100 MB cap", bytes: prefixOnly(100n * 1024n * 1024n + 8n), expect: "error" },
     { name: "header length at the cap, 16-byte file", bytes: prefixOnly(100n * 1024n * 1024n), expect: "error" },
-    { name: "shape [2^31, 2^31] over 4 bytes", bytes: withChecksums({ a: entry("F32", [2 ** 31, 2 ** 31], 0, 4) }, f32(1)), expect: "error" },
-    { name: "shape [1e6, 1e6, 1e6] with offsets to 2^53-1", bytes: withChecksums({ a: entry("F32", [1e6, 1e6, 1e6], 0, 2 ** 53 - 1) }, f32(1)), expect: "error" },
-    { name: "shape [2^48] with matching offsets past the file", bytes: withChecksums({ a: entry("F32", [2 ** 48], 0, 2 ** 50) }, f32(1)), expect: "error" },
+    {
+      name: "shape [2^31, 2^31] over 4 bytes",
+      bytes: withChecksums({ a: entry("F32", [2 ** 31, 2 ** 31], 0, 4) }, f32(1)),
+      expect: "error"
+    },
+    {
+      name: "shape [1e6, 1e6, 1e6] with offsets to 2^53-1",
+      bytes: withChecksums({ a: entry("F32", [1e6, 1e6, 1e6], 0, 2 ** 53 - 1) }, f32(1)),
+      expect: "error"
+    },
+    {
+      name: "shape [2^48] with matching offsets past the file",
+      bytes: withChecksums({ a: entry("F32", [2 ** 48], 0, 2 ** 50) }, f32(1)),
+      expect: "error"
+    },
     { name: "shape [2^53] (not a safe integer)", bytes: foreign({ a: entry("F32", [2 ** 53], 0, 4) }, f32(1)), expect: "error" },
-    { name: "shape [0, 2^53-1] (no elements)", bytes: foreign({ a: entry("F32", [0, 2 ** 53 - 1], 0, 0) }, new Uint8Array(0)), expect: "any" },
+    {
+      name: "shape [0, 2^53-1] (no elements)",
+      bytes: foreign({ a: entry("F32", [0, 2 ** 53 - 1], 0, 0) }, new Uint8Array(0)),
+      expect: "any"
+    },
     { name: "offsets [0, 1e999]", bytes: encode(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,1e999]}}`, f32(1)), expect: "error" },
     { name: "offsets [-0, 4]", bytes: encode(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[-0,4]}}`, f32(1)), expect: "any" },
-    { name: "offsets in exponent form [0, 4e0]", bytes: encode(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4e0]}}`, f32(1)), expect: "any" },
-    { name: "100,000 dimensions of 1", bytes: foreign({ a: entry("F32", Array.from({ length: 100_000 }, () => 1), 0, 4) }, f32(1)), expect: "any" },
+    {
+      name: "offsets in exponent form [0, 4e0]",
+      bytes: encode(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4e0]}}`, f32(1)),
+      expect: "any"
+    },
+    {
+      name: "100,000 dimensions of 1",
+      bytes: foreign({ a: entry("F32", Array.from({ length: 100_000 }, () => 1), 0, 4) }, f32(1)),
+      expect: "any"
+    },
     { name: "5,000 empty tensors with checksums", bytes: withChecksums(many(5000), new Uint8Array(0)), expect: "any" },
     // Validation must stay linear: a quadratic name check made this take ~10 s (now fixed).
     { name: "40,000 empty tensors with checksums (a 3 MB file)", bytes: withChecksums(many(40_000), new Uint8Array(0)), expect: "any" },
-    { name: "a shape nested 1,000,000 deep", bytes: encode(`{"a":{"dtype":"F32","shape":${deep(1_000_000)},"data_offsets":[0,0]}}`, new Uint8Array(0)), expect: "error" },
-    { name: "metadata nested 1,000,000 deep", bytes: encode(`{"__metadata__":{"x":${deep(1_000_000)}}}`, new Uint8Array(0)), expect: "error" },
-    { name: "meta JSON nested 100,000 deep", bytes: withChecksums({ __metadata__: { "effect_trainer.format": "1", "effect_trainer.meta": `{"formatVersion":1,"libraryVersion":"x","epoch":0,"globalStep":0,"weightsOnly":false,"loops":{},"callbacks":{},"optimizer":null,"hyperParameters":{},"user":{"a":${deep(100_000)}}}` } }, new Uint8Array(0)), expect: "any" },
-    { name: "CRC map JSON nested 100,000 deep", bytes: withChecksums({ __metadata__: { [crcKey]: deep(100_000) } }, new Uint8Array(0)), expect: "error" },
+    {
+      name: "a shape nested 1,000,000 deep",
+      bytes: encode(`{"a":{"dtype":"F32","shape":${deep(1_000_000)},"data_offsets":[0,0]}}`, new Uint8Array(0)),
+      expect: "error"
+    },
+    {
+      name: "metadata nested 1,000,000 deep",
+      bytes: encode(`{"__metadata__":{"x":${deep(1_000_000)}}}`, new Uint8Array(0)),
+      expect: "error"
+    },
+    {
+      name: "meta JSON nested 100,000 deep",
+      bytes: withChecksums({
+        __metadata__: {
+          "effect_trainer.format": "1",
+          "effect_trainer.meta":
+            `{"formatVersion":1,"libraryVersion":"x","epoch":0,"globalStep":0,"weightsOnly":false,"loops":{},"callbacks":{},"optimizer":null,"hyperParameters":{},"user":{"a":${
+              deep(100_000)
+            }}}`
+        }
+      }, new Uint8Array(0)),
+      expect: "any"
+    },
+    {
+      name: "CRC map JSON nested 100,000 deep",
+      bytes: withChecksums({ __metadata__: { [crcKey]: deep(100_000) } }, new Uint8Array(0)),
+      expect: "error"
+    },
     { name: "a 10 MB metadata string", bytes: foreign({ __metadata__: { big: "x".repeat(10 << 20) } }, new Uint8Array(0)), expect: "any" },
-    { name: "duplicate tensor keys", bytes: encode(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}`, f32(2)), expect: "error" },
-    { name: "tensor named __proto__", bytes: withChecksums({ ["__proto__"]: entry("F32", [1], 0, 4) } as Record<string, unknown>, f32(1)), expect: "any" },
-    { name: "metadata key __proto__ with an object", bytes: encode(`{"__metadata__":{"__proto__":{"polluted":"yes"}}}`, new Uint8Array(0)), expect: "error" },
-    { name: "metadata key __proto__ with a string", bytes: encode(`{"__metadata__":{"__proto__":"polluted"}}`, new Uint8Array(0)), expect: "any" },
+    {
+      name: "duplicate tensor keys",
+      bytes: encode(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}`, f32(2)),
+      expect: "error"
+    },
+    {
+      name: "tensor named __proto__",
+      bytes: withChecksums({ ["__proto__"]: entry("F32", [1], 0, 4) } as Record<string, unknown>, f32(1)),
+      expect: "any"
+    },
+    {
+      name: "metadata key __proto__ with an object",
+      bytes: encode(`{"__metadata__":{"__proto__":{"polluted":"yes"}}}`, new Uint8Array(0)),
+      expect: "error"
+    },
+    {
+      name: "metadata key __proto__ with a string",
+      bytes: encode(`{"__metadata__":{"__proto__":"polluted"}}`, new Uint8Array(0)),
+      expect: "any"
+    },
     { name: "a header of 1,000,000 spaces", bytes: encode(" ".repeat(1_000_000) + "{}", new Uint8Array(0)), expect: "any" },
     { name: "a lone surrogate in a name", bytes: foreign({ ["a\ud800"]: entry("U8", [1], 0, 1) }, Uint8Array.of(1)), expect: "any" },
-    { name: "a header that is invalid UTF-8", bytes: (() => {
-      const f = foreign({ ab: entry("U8", [1], 0, 1) }, Uint8Array.of(1))
-      f[10] = 0xff
-      return f
-    })(), expect: "error" }
+    {
+      name: "a header that is invalid UTF-8",
+      bytes: (() => {
+        const f = foreign({ ab: entry("U8", [1], 0, 1) }, Uint8Array.of(1))
+        f[10] = 0xff
+        return f
+      })(),
+      expect: "error"
+    }
   ]
 }
 
@@ -582,7 +713,9 @@ const runCrafted = async (onCase: (report: CaseReport) => void, tracker?: Tracke
     if (Exit.isFailure(exit)) {
       const reason = exit.cause.reasons.find((r) => r._tag === "Fail")
       if (reason === undefined || reason._tag !== "Fail") fail(`a defect: ${String(exit.cause).slice(0, 300)}`)
-      else if ((reason.error as { _tag: string })._tag !== "CheckpointCorrupt") fail(`unexpected error ${(reason.error as { _tag: string })._tag}`)
+      else if ((reason.error as { _tag: string })._tag !== "CheckpointCorrupt") {
+        fail(`unexpected error ${(reason.error as { _tag: string })._tag}`)
+      }
       continue
     }
     loaded++
@@ -595,7 +728,11 @@ const runCrafted = async (onCase: (report: CaseReport) => void, tracker?: Tracke
   return {
     trials: craftedCases().length,
     failures,
-    notes: { "crafted files that loaded (valid)": loaded, "largest allocation total (bytes)": worst, "slowest load (ms)": Number(slowest.toFixed(1)) }
+    notes: {
+      "crafted files that loaded (valid)": loaded,
+      "largest allocation total (bytes)": worst,
+      "slowest load (ms)": Number(slowest.toFixed(1))
+    }
   }
 }
 
@@ -666,7 +803,9 @@ export const runFuzzCases = async (
         (e._tag === "CheckpointInvalidArgument" && (loadOptions.dtypes === "tfjs" || loadOptions.dtypes === "convert"))
       if (!allowed) fail(`unexpected error ${e._tag}: ${e.message}`)
       else if (!e.message.includes("/fuzz/case.ckpt")) fail(`the error does not name the file: ${e.message}`)
-      if (mutation.oracle === "checksum" && !/checksum/.test(e.message)) fail(`a data bit flip not reported as a checksum failure: ${e.message}`)
+      if (mutation.oracle === "checksum" && !/checksum/.test(e.message)) {
+        fail(`a data bit flip not reported as a checksum failure: ${e.message}`)
+      }
       continue
     }
     loaded++
@@ -675,7 +814,9 @@ export const runFuzzCases = async (
       fail("a bit flip in tensor data loaded without a checksum error")
     } else if (mutation.oracle === "original") {
       const reference = base.reference.get(optionKey)
-      const problem = reference === undefined ? "loaded, but the original does not load with these options" : sameCheckpoint(result, reference)
+      const problem = reference === undefined
+        ? "loaded, but the original does not load with these options"
+        : sameCheckpoint(result, reference)
       if (problem !== undefined) fail(`a damaged file loaded with other contents: ${problem}`)
     } else {
       const problem = describes(mutation.bytes, result, loadOptions)

@@ -30,7 +30,13 @@ describe("an interrupted save never enters the saved ModelCheckpoint state", () 
             ? Effect.andThen(Deferred.succeed(blocked, undefined), Effect.never)
             : io.save(c, p, o)
       }
-      const callback = yield* ModelCheckpoint.make({ dirpath: "/ckpt", monitor: "loss", saveTopK: 2, saveLast: true, saveOnException: true })
+      const callback = yield* ModelCheckpoint.make({
+        dirpath: "/ckpt",
+        monitor: "loss",
+        saveTopK: 2,
+        saveLast: true,
+        saveOnException: true
+      })
       const trainer = fakeTrainer(store, () => [callback], "/root")
       yield* callback.setup(trainer, "fit")
       yield* epochEnd(callback, trainer, 0, 10, { loss: 5 })

@@ -60,7 +60,9 @@ const runTrial = async (
   const saveIndex = rng.range(1, 12)
   const delayMs = rng.range(50, 600)
   const dir = makeTempDir("reliability-interrupt-")
-  const label = `trial ${index}: ${signal} during ${during} (${io} io, every ${every}, ${during === "fit" ? `${delayMs} ms after start` : `save #${saveIndex}`})`
+  const label = `trial ${index}: ${signal} during ${during} (${io} io, every ${every}, ${
+    during === "fit" ? `${delayMs} ms after start` : `save #${saveIndex}`
+  })`
   const failures: Array<Failure> = []
   const known: Array<Failure> = []
   const fail = (message: string) => failures.push({ seed, message: `${label}: ${message}` })
@@ -109,7 +111,9 @@ const runTrial = async (
       const next = await runChild([...base, "--max-steps", String(target)], () => {}, 60_000)
       if (next.code !== 0) fail(`the follow-up run exited with ${next.code}\n${next.output.slice(-600)}`)
       const start = next.journal.find((e) => e.op === "fit-start")
-      if (start?.op === "fit-start" && start.step !== (lastStep ?? 0)) fail(`the follow-up resumed at step ${start.step}, expected ${lastStep ?? 0}`)
+      if (start?.op === "fit-start" && start.step !== (lastStep ?? 0)) {
+        fail(`the follow-up resumed at step ${start.step}, expected ${lastStep ?? 0}`)
+      }
       const after = await checkAgainstJournal(dir, next.journal, checked.state.files, checked.everTopK, {
         every,
         pid: next.pid,
@@ -121,7 +125,9 @@ const runTrial = async (
         if (!strict && message.startsWith("retention:")) known.push({ seed, message: `${label}: follow-up: ${message}` })
         else fail(`follow-up: ${message}`)
       }
-      if (after.state.files.get(nodePath.join(dir, "last.ckpt")) !== target) fail(`the follow-up did not commit last.ckpt at step ${target}`)
+      if (after.state.files.get(nodePath.join(dir, "last.ckpt")) !== target) {
+        fail(`the follow-up did not commit last.ckpt at step ${target}`)
+      }
     }
     log(`interrupt ${seed}: ${label}: exit ${run.code} after ${exitMs} ms; ${failures.length} failure(s)`)
     return { failures, known, signal, during, followedUp, exceptionCheckpoint }

@@ -136,8 +136,7 @@ const scenarios = (events: number): ReadonlyArray<Scenario> => [
   },
   {
     name: "copy over an existing checkpoint (saveLast: \"link\")",
-    setup: ({ io, root }) =>
-      Effect.andThen(io.save(versioned(1), `${root}/last.ckpt`), io.save(versioned(2), `${root}/src.ckpt`)),
+    setup: ({ io, root }) => Effect.andThen(io.save(versioned(1), `${root}/last.ckpt`), io.save(versioned(2), `${root}/src.ckpt`)),
     act: ({ io, root }) => io.copy(`${root}/src.ckpt`, `${root}/last.ckpt`),
     check: ({ io, root }, completed) =>
       Effect.map(
@@ -194,7 +193,9 @@ const scenarios = (events: number): ReadonlyArray<Scenario> => [
           return `resume would start from ${callback.lastModelPath} (${outcome}), older than the committed step ${newest}`
         }
         const topK = (yield* io.list(root)).filter((e) => !/last/.test(e.path))
-        if (topK.length < Math.min(2, progress.length)) return `${topK.length} top-k checkpoint(s) left after ${progress.length} save events`
+        if (topK.length < Math.min(2, progress.length)) {
+          return `${topK.length} top-k checkpoint(s) left after ${progress.length} save events`
+        }
         return undefined
       })
   },
@@ -224,7 +225,7 @@ const runScenario = (scenario: Scenario, index: number, options: PowerCutTrialOp
     const path = yield* Path.Path
     const randoms = options.randomPerPoint ?? 3
     const baseSeed = options.seed ?? 1
-    for (let point = 0; ; point++) {
+    for (let point = 0;; point++) {
       let completedAt: boolean | undefined
       for (let variant = 0; variant <= randoms; variant++) {
         const mode = variant === 0 ? "drop" as const : "random" as const

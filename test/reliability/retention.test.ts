@@ -13,8 +13,8 @@ import { Effect, Exit, Option } from "effect"
 import { type CheckpointIOShape, CheckpointStorageError } from "../../src/CheckpointIO.ts"
 import * as MemoryCheckpointIO from "../../src/MemoryCheckpointIO.ts"
 import * as ModelCheckpoint from "../../src/ModelCheckpoint.ts"
-import { runCrashTrials } from "./crash.ts"
 import { epochEnd, fakeTrainer } from "../support/fakeTrainer.ts"
+import { runCrashTrials } from "./crash.ts"
 import { formatFailures } from "./support.ts"
 
 /** A store that "crashes" (every later write fails) after `n` writes. */
@@ -45,7 +45,10 @@ describe("a crash never leaves last.ckpt tracking a removed checkpoint", () => {
         yield* Effect.exit(Effect.forEach(losses, (loss, e) => epochEnd(callback, trainer, e, (e + 1) * 10, { loss }), { discard: true }))
         const last = yield* Effect.exit(io.load("/ckpt/last.ckpt"))
         if (Exit.isFailure(last)) continue
-        const state = Option.getOrThrow(last.value.meta).callbacks[callback.stateKey] as { bestKModels: Record<string, number>; bestModelPath: string | null }
+        const state = Option.getOrThrow(last.value.meta).callbacks[callback.stateKey] as {
+          bestKModels: Record<string, number>
+          bestModelPath: string | null
+        }
         const resumed = yield* ModelCheckpoint.make({ dirpath: "/ckpt", monitor: "loss", saveTopK: 2, saveLast: true })
         yield* resumed.loadStateDict(state)
         for (const path of [...resumed.bestKModels.keys(), resumed.bestModelPath, resumed.kthBestModelPath]) {

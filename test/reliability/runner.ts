@@ -86,8 +86,10 @@ export const runAll = async (options: RunOptions): Promise<ReadonlyArray<Result 
     }))
   await step("fuzz", () => runCorruptionFuzz({ cases: counts.fuzzCases, seed }))
   await step("storage", () => runStorageFaults({ seed, positions: counts.storagePositions, log: progress }))
-  await step("interrupt", () =>
-    runInterruptTrials({ trials: counts.interrupts, seed, followUpEvery: counts.interruptFollowUpEvery, log: progress }))
+  await step(
+    "interrupt",
+    () => runInterruptTrials({ trials: counts.interrupts, seed, followUpEvery: counts.interruptFollowUpEvery, log: progress })
+  )
   await step(
     "untrusted",
     () => runPrototypeCases(),
@@ -99,7 +101,9 @@ export const runAll = async (options: RunOptions): Promise<ReadonlyArray<Result 
 
 /** The summary table, one row per category, then the notes and the failures. */
 export const summary = (results: ReadonlyArray<Result & { readonly seconds: number }>): string => {
-  const rows = results.map((r) => [r.category, String(r.trials), String(r.failures.length), String(r.known?.length ?? 0), r.seconds.toFixed(1)])
+  const rows = results.map((
+    r
+  ) => [r.category, String(r.trials), String(r.failures.length), String(r.known?.length ?? 0), r.seconds.toFixed(1)])
   const header = ["category", "trials run", "failures found", "known defects (pending fix)", "seconds"]
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)))
   const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ")

@@ -23,10 +23,16 @@ describe("SafeTensors", () => {
       const cyclic: Record<string, unknown> = {}
       cyclic["self"] = cyclic
       for (const user of [root, cyclic]) {
-        const exit = yield* Effect.exit(io.save(Checkpoint.make({ tensors: {}, meta: { epoch: 0, globalStep: 0, user: user as never } }), "/m.ckpt"))
+        const exit = yield* Effect.exit(
+          io.save(Checkpoint.make({ tensors: {}, meta: { epoch: 0, globalStep: 0, user: user as never } }), "/m.ckpt")
+        )
         assert.isTrue(Exit.isFailure(exit))
         const error = Exit.isFailure(exit) ? exit.cause.reasons.find(Cause.isFailReason)?.error : undefined
-        assert.strictEqual((error as { _tag?: string } | undefined)?._tag, "CheckpointInvalidArgument", Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "")
+        assert.strictEqual(
+          (error as { _tag?: string } | undefined)?._tag,
+          "CheckpointInvalidArgument",
+          Exit.isFailure(exit) ? Cause.pretty(exit.cause) : ""
+        )
       }
     }).pipe(Effect.provide(MemoryCheckpointIO.layer)))
 })

@@ -37,7 +37,9 @@ describe("ModelCheckpoint saveErrors", () => {
           const fs = yield* FileSystem.FileSystem
           const root = yield* fs.makeTempDirectoryScoped({ prefix: "pending-warn-" })
           const dir = `${root}/checkpoints`
-          const stack = yield* Layer.build(FileCheckpointIO.layer.pipe(Layer.provideMerge(FaultyFileSystem.layer), Layer.provideMerge(node)))
+          const stack = yield* Layer.build(
+            FileCheckpointIO.layer.pipe(Layer.provideMerge(FaultyFileSystem.layer), Layer.provideMerge(node))
+          )
           const base = Layer.succeed(CheckpointIO, Context.get(stack, CheckpointIO))
           const plugin = io === "sync" ? base : AsyncCheckpointIO.layer({ checksumWorker: false }).pipe(Layer.provide(base))
           const checkpoint = yield* ModelCheckpoint.make({

@@ -25,7 +25,7 @@ import { Cause, Context, Effect, Exit, Layer, Logger } from "effect"
 import * as AsyncCheckpointIO from "../../src/AsyncCheckpointIO.ts"
 import { CheckpointIO, type CheckpointIOError } from "../../src/CheckpointIO.ts"
 import * as Device from "../../src/Device.ts"
-import { FaultInjector, type FaultCode, type FaultPoint } from "../../src/FaultyFileSystem.ts"
+import { type FaultCode, FaultInjector, type FaultPoint } from "../../src/FaultyFileSystem.ts"
 import * as FaultyFileSystem from "../../src/FaultyFileSystem.ts"
 import * as FileCheckpointIO from "../../src/FileCheckpointIO.ts"
 import * as ModelCheckpoint from "../../src/ModelCheckpoint.ts"
@@ -33,12 +33,24 @@ import * as Strategy from "../../src/Strategy.ts"
 import * as Trainer from "../../src/Trainer.ts"
 import { irisClassifier, irisData } from "../support/iris.ts"
 import { checkAgainstJournal } from "./crash.ts"
-import { type Failure, journaling, type JournalEntry, makeTempDir, prng, removeDir, type Result, trialSeed } from "./support.ts"
+import { type Failure, type JournalEntry, journaling, makeTempDir, prng, removeDir, type Result, trialSeed } from "./support.ts"
 
 export const faultSteps: ReadonlyArray<FaultPoint> = [
-  "makeDirectory", "readDirectory", "open", "write", "sync", "link", "rename", "syncDirectory", "remove", "stat"
+  "makeDirectory",
+  "readDirectory",
+  "open",
+  "write",
+  "sync",
+  "link",
+  "rename",
+  "syncDirectory",
+  "remove",
+  "stat"
 ]
-export const faultCodes: ReadonlyArray<readonly [FaultCode, string]> = [["ENOSPC", "NoSpace"], ["EIO", "IO"], ["EACCES", "PermissionDenied"]]
+export const faultCodes: ReadonlyArray<readonly [FaultCode, string]> = [["ENOSPC", "NoSpace"], ["EIO", "IO"], [
+  "EACCES",
+  "PermissionDenied"
+]]
 
 export interface StorageOptions {
   readonly seed?: number
@@ -103,67 +115,69 @@ const storageErrorOf = (cause: Cause.Cause<unknown>): CheckpointIOError | undefi
 
 /** Runs the fault trials; see the module notes. */
 export const runStorageFaults = (options: StorageOptions = {}): Promise<Result> =>
-  Effect.runPromise(Effect.gen(function*() {
-    const failures: Array<Failure> = []
-    const seed = options.seed ?? 1
-    const positions = options.positions ?? 1
-    let trials = 0
-    let stopped = 0
-    let succeeded = 0
-    for (const io of options.io ?? ["sync", "async"] as const) {
-      // A dry run: how many of each operation a fault-free fit makes.
-      const dry = yield* fitWithFault(io, undefined)
-      if (Exit.isFailure(dry.exit)) {
-        failures.push({ seed, message: `${io}: the fault-free run failed: ${Cause.pretty(dry.exit.cause).slice(0, 400)}` })
-        continue
-      }
-      const counts = new Map<FaultPoint, number>()
-      for (const o of dry.operations) counts.set(o.op, (counts.get(o.op) ?? 0) + 1)
-      for (const [s, step] of faultSteps.entries()) {
-        for (const [c, [code, reason]] of faultCodes.entries()) {
-          for (let p = 0; p < positions; p++) {
-            const trial = trialSeed(seed, s, c, p, io === "sync" ? 0 : 1)
-            const rng = prng(trial)
-            const available = counts.get(step) ?? 0
-            const after = available === 0 ? 0 : p === 0 ? Math.floor(available / 2) : rng.int(available)
-            const label = `${io} io, ${code} at ${step} #${after + 1} of ${available}`
-            const fail = (message: string) => failures.push({ seed: trial, message: `${label}: ${message}` })
-            const run = yield* fitWithFault(io, { at: step, code, after })
-            trials++
-            const faulted = run.operations.filter((o) => o.op === step)[after]
-            // Faults the store absorbs by design: the stale-file sweep's listing (ModelCheckpoint's own
-            // listing fails the fit), the backup link (a save without backup), removing the backup.
-            const housekeeping = step === "readDirectory" || step === "link" ||
-              (step === "remove" && faulted !== undefined && FileCheckpointIO.isTemporaryName(faulted.path.split("/").pop()!))
-            if (Exit.isSuccess(run.exit)) {
-              succeeded++
-              if (run.fired > 0 && !housekeeping) fail("the fit succeeded although the fault fired")
-            } else {
-              stopped++
-              const error = storageErrorOf(run.exit.cause)
-              if (error === undefined) fail(`not a typed error: ${Cause.pretty(run.exit.cause).slice(0, 400)}`)
-              else if (error._tag !== "CheckpointStorageError") fail(`${error._tag} instead of a storage error: ${error.message}`)
-              else if (error.reason !== reason) fail(`reason ${error.reason}, expected ${reason}: ${error.message}`)
-              if (run.fired === 0) fail("the fit failed although no fault fired")
+  Effect.runPromise(
+    Effect.gen(function*() {
+      const failures: Array<Failure> = []
+      const seed = options.seed ?? 1
+      const positions = options.positions ?? 1
+      let trials = 0
+      let stopped = 0
+      let succeeded = 0
+      for (const io of options.io ?? ["sync", "async"] as const) {
+        // A dry run: how many of each operation a fault-free fit makes.
+        const dry = yield* fitWithFault(io, undefined)
+        if (Exit.isFailure(dry.exit)) {
+          failures.push({ seed, message: `${io}: the fault-free run failed: ${Cause.pretty(dry.exit.cause).slice(0, 400)}` })
+          continue
+        }
+        const counts = new Map<FaultPoint, number>()
+        for (const o of dry.operations) counts.set(o.op, (counts.get(o.op) ?? 0) + 1)
+        for (const [s, step] of faultSteps.entries()) {
+          for (const [c, [code, reason]] of faultCodes.entries()) {
+            for (let p = 0; p < positions; p++) {
+              const trial = trialSeed(seed, s, c, p, io === "sync" ? 0 : 1)
+              const rng = prng(trial)
+              const available = counts.get(step) ?? 0
+              const after = available === 0 ? 0 : p === 0 ? Math.floor(available / 2) : rng.int(available)
+              const label = `${io} io, ${code} at ${step} #${after + 1} of ${available}`
+              const fail = (message: string) => failures.push({ seed: trial, message: `${label}: ${message}` })
+              const run = yield* fitWithFault(io, { at: step, code, after })
+              trials++
+              const faulted = run.operations.filter((o) => o.op === step)[after]
+              // Faults the store absorbs by design: the stale-file sweep's listing (ModelCheckpoint's own
+              // listing fails the fit), the backup link (a save without backup), removing the backup.
+              const housekeeping = step === "readDirectory" || step === "link" ||
+                (step === "remove" && faulted !== undefined && FileCheckpointIO.isTemporaryName(faulted.path.split("/").pop()!))
+              if (Exit.isSuccess(run.exit)) {
+                succeeded++
+                if (run.fired > 0 && !housekeeping) fail("the fit succeeded although the fault fired")
+              } else {
+                stopped++
+                const error = storageErrorOf(run.exit.cause)
+                if (error === undefined) fail(`not a typed error: ${Cause.pretty(run.exit.cause).slice(0, 400)}`)
+                else if (error._tag !== "CheckpointStorageError") fail(`${error._tag} instead of a storage error: ${error.message}`)
+                else if (error.reason !== reason) fail(`reason ${error.reason}, expected ${reason}: ${error.message}`)
+                if (run.fired === 0) fail("the fit failed although no fault fired")
+              }
+              const leftoversAllowed = step === "remove" && housekeeping
+              const temporaries = run.checked.state.temporaries.filter((t) => !leftoversAllowed || t.pid !== process.pid)
+              for (const t of temporaries) fail(`left the temporary file ${t.name}`)
+              for (const message of run.checked.failures) {
+                if (!message.startsWith("temporary file")) fail(message)
+              }
+              options.log?.(`storage: ${label}: ${Exit.isSuccess(run.exit) ? "went on" : "stopped"}`)
             }
-            const leftoversAllowed = step === "remove" && housekeeping
-            const temporaries = run.checked.state.temporaries.filter((t) => !leftoversAllowed || t.pid !== process.pid)
-            for (const t of temporaries) fail(`left the temporary file ${t.name}`)
-            for (const message of run.checked.failures) {
-              if (!message.startsWith("temporary file")) fail(message)
-            }
-            options.log?.(`storage: ${label}: ${Exit.isSuccess(run.exit) ? "went on" : "stopped"}`)
           }
         }
       }
-    }
-    return {
-      category: "storage faults",
-      trials,
-      failures,
-      notes: { "fits that stopped with a typed error": stopped, "fits that went on (fault in housekeeping)": succeeded }
-    }
-  }).pipe(
-    Effect.provide(Strategy.singleDevice().pipe(Layer.provideMerge(Device.layer("wasm")), Layer.provideMerge(node))),
-    Effect.provide(Logger.layer([]))
-  ))
+      return {
+        category: "storage faults",
+        trials,
+        failures,
+        notes: { "fits that stopped with a typed error": stopped, "fits that went on (fault in housekeeping)": succeeded }
+      }
+    }).pipe(
+      Effect.provide(Strategy.singleDevice().pipe(Layer.provideMerge(Device.layer("wasm")), Layer.provideMerge(node))),
+      Effect.provide(Logger.layer([]))
+    )
+  )

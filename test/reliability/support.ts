@@ -12,8 +12,8 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as nodePath from "node:path"
 import { fileURLToPath } from "node:url"
-import * as FileCheckpointIO from "../../src/FileCheckpointIO.ts"
 import { CheckpointIO, type CheckpointIOShape } from "../../src/CheckpointIO.ts"
+import * as FileCheckpointIO from "../../src/FileCheckpointIO.ts"
 import { seeded } from "../support/random.ts"
 
 /** One broken invariant, with what is needed to replay it. */
@@ -88,7 +88,10 @@ export type JournalEntry =
  * A store that reports each save, copy and remove of `base` (when it begins, ends or
  * fails) to `write`, as `train-child.ts` journals them.
  */
-export const journaling = (base: CheckpointIOShape, write: (entry: JournalEntry & { readonly error?: string }) => void): CheckpointIOShape => ({
+export const journaling = (
+  base: CheckpointIOShape,
+  write: (entry: JournalEntry & { readonly error?: string }) => void
+): CheckpointIOShape => ({
   ...base,
   save: (checkpoint, path, options) => {
     const step = Option.match(checkpoint.meta, { onNone: () => -1, onSome: (m) => m.globalStep })

@@ -94,7 +94,13 @@ const classifier: TrainingModule<DataModule.XY> = {
   configureModel: (t) =>
     t.sequential({
       layers: [
-        t.layers.dense({ units: hidden, activation: "relu", inputShape: [16], name: "in", kernelInitializer: t.initializers.glorotUniform({ seed: 1 }) }),
+        t.layers.dense({
+          units: hidden,
+          activation: "relu",
+          inputShape: [16],
+          name: "in",
+          kernelInitializer: t.initializers.glorotUniform({ seed: 1 })
+        }),
         t.layers.dense({ units: hidden, activation: "relu", name: "mid", kernelInitializer: t.initializers.glorotUniform({ seed: 2 }) }),
         t.layers.dense({ units: 4, name: "out", kernelInitializer: t.initializers.glorotUniform({ seed: 3 }) })
       ]

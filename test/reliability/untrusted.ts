@@ -138,7 +138,9 @@ export const runPrototypeCases = (): Promise<Result> =>
       const callback = yield* ModelCheckpoint.make({ dirpath: "/ckpt", monitor: "loss", saveTopK: 2 })
       const state = meta?.callbacks["ModelCheckpoint"]
       const restored = yield* Effect.exit(callback.loadStateDict(state ?? {}))
-      if (Exit.isFailure(restored) && !Cause.hasFails(restored.cause)) fail(`loadStateDict died: ${Cause.pretty(restored.cause).slice(0, 300)}`)
+      if (Exit.isFailure(restored) && !Cause.hasFails(restored.cause)) {
+        fail(`loadStateDict died: ${Cause.pretty(restored.cause).slice(0, 300)}`)
+      }
       const after = changedPrototypes(before)
       if (after !== undefined) fail(`restoring the callback state polluted a prototype: ${after}`)
     }
@@ -161,10 +163,53 @@ export const runPrototypeCases = (): Promise<Result> =>
 // File names
 
 const metricNames = [
-  "loss", "val/loss", "../x", "..", ".", "/abs", "a\\b", "\u0000", "x\ny", "é", "💥", "~", "$HOME", "%2F", " ", "a".repeat(120),
-  "con", ".hidden", "step", "epoch", "x:y", "a.b", "\u202e", "NUL"
+  "loss",
+  "val/loss",
+  "../x",
+  "..",
+  ".",
+  "/abs",
+  "a\\b",
+  "\u0000",
+  "x\ny",
+  "é",
+  "💥",
+  "~",
+  "$HOME",
+  "%2F",
+  " ",
+  "a".repeat(120),
+  "con",
+  ".hidden",
+  "step",
+  "epoch",
+  "x:y",
+  "a.b",
+  "\u202e",
+  "NUL"
 ]
-const literals = ["", "-", "/", "../", "..", "./", "\\", "\u0000", "\n", "x", "ckpt", " ", "%s", "~", "$(touch pwned)", "é", ".", "//", "a/b/c", "..\\..\\"]
+const literals = [
+  "",
+  "-",
+  "/",
+  "../",
+  "..",
+  "./",
+  "\\",
+  "\u0000",
+  "\n",
+  "x",
+  "ckpt",
+  " ",
+  "%s",
+  "~",
+  "$(touch pwned)",
+  "é",
+  ".",
+  "//",
+  "a/b/c",
+  "..\\..\\"
+]
 const specs = ["", ":.2f", ":03d", ":>10", ":<5", ":+.1e", ":x", ":,", ":%", ":g", ":#x", ":^20", ":s", ":10.3f", ":/", ":../"]
 const values = [0, 1, -1, 0.5, 1e300, -1e-300, Number.NaN, Infinity, -Infinity, -0, 123456789]
 
@@ -181,97 +226,99 @@ export interface FilenameOptions {
 
 /** Random templates and metric names through ModelCheckpoint and FileCheckpointIO. */
 export const runFilenameFuzz = (options: FilenameOptions = {}): Promise<Result> =>
-  Effect.runPromise(Effect.gen(function*() {
-    const cases = options.cases ?? 1000
-    const seed = options.seed ?? 1
-    const failures: Array<Failure> = []
-    let saved = 0
-    let configErrors = 0
-    let typedErrors = 0
-    const root = makeTempDir("reliability-names-", { memory: true })
-    const fsService = yield* FileSystem.FileSystem
-    const pathService = yield* Path.Path
-    const io = yield* FileCheckpointIO.make.pipe(
-      Effect.provideService(FileSystem.FileSystem, fsService),
-      Effect.provideService(Path.Path, pathService)
-    )
-    try {
-      for (let i = 0; i < cases; i++) {
-        const caseSeed = trialSeed(seed, i)
-        const rng = prng(caseSeed)
-        const caseRoot = nodePath.join(root, `case${i}`)
-        const dirpath = nodePath.join(caseRoot, "sub", "ckpt")
-        fs.mkdirSync(dirpath, { recursive: true })
-        const sentinels = [nodePath.join(caseRoot, "sentinel.ckpt"), nodePath.join(caseRoot, "sub", "sentinel.ckpt")]
-        for (const s of sentinels) fs.writeFileSync(s, "sentinel")
-        let template = ""
-        for (let k = rng.range(1, 5); k > 0; k--) {
-          template += rng.chance(0.5) ? rng.pick(literals) : `{${rng.pick(metricNames)}${rng.pick(specs)}}`
-        }
-        const monitor = rng.chance(0.5) ? rng.pick(metricNames) : undefined
-        const fail = (message: string) => failures.push({ seed: caseSeed, message: `template ${JSON.stringify(template)}: ${message}` })
-        const made = yield* Effect.exit(ModelCheckpoint.make({
-          dirpath,
-          filename: template,
-          monitor,
-          saveTopK: monitor === undefined ? rng.pick([1, -1]) : rng.pick([1, 2, -1]),
-          saveLast: rng.pick([true, false, "link"] as const),
-          enableVersionCounter: rng.chance(0.7),
-          autoInsertMetricName: rng.chance(0.7)
-        }))
-        if (Exit.isFailure(made)) {
-          configErrors++
-          if (!Cause.hasFails(made.cause)) fail(`make died: ${Cause.pretty(made.cause).slice(0, 300)}`)
-          removeDir(caseRoot)
-          continue
-        }
-        const callback = made.value
-        const trainer = fakeTrainer(io, () => [callback as Callback.Callback], caseRoot)
-        const run = yield* Effect.exit(Effect.gen(function*() {
-          yield* callback.setup(trainer, "fit")
-          for (let e = 0; e < 3; e++) {
-            const metrics: Record<string, number> = {}
-            for (const name of metricNames) if (rng.chance(0.4)) metrics[name] = rng.pick(values)
-            if (monitor !== undefined && rng.chance(0.8)) metrics[monitor] = rng.pick(values)
-            yield* epochEnd(callback, trainer, e, (e + 1) * 5, metrics)
+  Effect.runPromise(
+    Effect.gen(function*() {
+      const cases = options.cases ?? 1000
+      const seed = options.seed ?? 1
+      const failures: Array<Failure> = []
+      let saved = 0
+      let configErrors = 0
+      let typedErrors = 0
+      const root = makeTempDir("reliability-names-", { memory: true })
+      const fsService = yield* FileSystem.FileSystem
+      const pathService = yield* Path.Path
+      const io = yield* FileCheckpointIO.make.pipe(
+        Effect.provideService(FileSystem.FileSystem, fsService),
+        Effect.provideService(Path.Path, pathService)
+      )
+      try {
+        for (let i = 0; i < cases; i++) {
+          const caseSeed = trialSeed(seed, i)
+          const rng = prng(caseSeed)
+          const caseRoot = nodePath.join(root, `case${i}`)
+          const dirpath = nodePath.join(caseRoot, "sub", "ckpt")
+          fs.mkdirSync(dirpath, { recursive: true })
+          const sentinels = [nodePath.join(caseRoot, "sentinel.ckpt"), nodePath.join(caseRoot, "sub", "sentinel.ckpt")]
+          for (const s of sentinels) fs.writeFileSync(s, "sentinel")
+          let template = ""
+          for (let k = rng.range(1, 5); k > 0; k--) {
+            template += rng.chance(0.5) ? rng.pick(literals) : `{${rng.pick(metricNames)}${rng.pick(specs)}}`
           }
-        }))
-        if (Exit.isFailure(run)) {
-          if (!Cause.hasFails(run.cause)) fail(`the run died: ${Cause.pretty(run.cause).slice(0, 400)}`)
-          else typedErrors++
-        } else saved++
-        for (const entry of walk(caseRoot)) {
-          if (entry.endsWith("/")) {
-            if (entry !== nodePath.join(caseRoot, "sub") + "/" && entry !== dirpath + "/") fail(`created the directory ${entry}`)
+          const monitor = rng.chance(0.5) ? rng.pick(metricNames) : undefined
+          const fail = (message: string) => failures.push({ seed: caseSeed, message: `template ${JSON.stringify(template)}: ${message}` })
+          const made = yield* Effect.exit(ModelCheckpoint.make({
+            dirpath,
+            filename: template,
+            monitor,
+            saveTopK: monitor === undefined ? rng.pick([1, -1]) : rng.pick([1, 2, -1]),
+            saveLast: rng.pick([true, false, "link"] as const),
+            enableVersionCounter: rng.chance(0.7),
+            autoInsertMetricName: rng.chance(0.7)
+          }))
+          if (Exit.isFailure(made)) {
+            configErrors++
+            if (!Cause.hasFails(made.cause)) fail(`make died: ${Cause.pretty(made.cause).slice(0, 300)}`)
+            removeDir(caseRoot)
             continue
           }
-          if (sentinels.includes(entry)) continue
-          if (nodePath.dirname(entry) !== dirpath) fail(`created ${entry}, outside ${dirpath}`)
-          else if (nodePath.basename(entry).startsWith(".")) fail(`left a hidden or temporary file ${nodePath.basename(entry)}`)
+          const callback = made.value
+          const trainer = fakeTrainer(io, () => [callback as Callback.Callback], caseRoot)
+          const run = yield* Effect.exit(Effect.gen(function*() {
+            yield* callback.setup(trainer, "fit")
+            for (let e = 0; e < 3; e++) {
+              const metrics: Record<string, number> = {}
+              for (const name of metricNames) if (rng.chance(0.4)) metrics[name] = rng.pick(values)
+              if (monitor !== undefined && rng.chance(0.8)) metrics[monitor] = rng.pick(values)
+              yield* epochEnd(callback, trainer, e, (e + 1) * 5, metrics)
+            }
+          }))
+          if (Exit.isFailure(run)) {
+            if (!Cause.hasFails(run.cause)) fail(`the run died: ${Cause.pretty(run.cause).slice(0, 400)}`)
+            else typedErrors++
+          } else saved++
+          for (const entry of walk(caseRoot)) {
+            if (entry.endsWith("/")) {
+              if (entry !== nodePath.join(caseRoot, "sub") + "/" && entry !== dirpath + "/") fail(`created the directory ${entry}`)
+              continue
+            }
+            if (sentinels.includes(entry)) continue
+            if (nodePath.dirname(entry) !== dirpath) fail(`created ${entry}, outside ${dirpath}`)
+            else if (nodePath.basename(entry).startsWith(".")) fail(`left a hidden or temporary file ${nodePath.basename(entry)}`)
+          }
+          for (const s of sentinels) {
+            if (!fs.existsSync(s) || fs.readFileSync(s, "utf8") !== "sentinel") fail(`touched ${s}`)
+          }
+          removeDir(caseRoot)
         }
-        for (const s of sentinels) {
-          if (!fs.existsSync(s) || fs.readFileSync(s, "utf8") !== "sentinel") fail(`touched ${s}`)
-        }
-        removeDir(caseRoot)
-      }
 
-      // A resumed state that names files outside dirpath.
-      const trials = yield* untrustedState(io, root, failures)
-      return {
-        category: "untrusted input: file names",
-        trials: cases + trials,
-        failures,
-        notes: {
-          "runs that saved": saved,
-          "templates refused at make (typed)": configErrors,
-          "runs that failed with a typed error": typedErrors,
-          "hostile resumed states": trials
+        // A resumed state that names files outside dirpath.
+        const trials = yield* untrustedState(io, root, failures)
+        return {
+          category: "untrusted input: file names",
+          trials: cases + trials,
+          failures,
+          notes: {
+            "runs that saved": saved,
+            "templates refused at make (typed)": configErrors,
+            "runs that failed with a typed error": typedErrors,
+            "hostile resumed states": trials
+          }
         }
+      } finally {
+        removeDir(root)
       }
-    } finally {
-      removeDir(root)
-    }
-  }).pipe(Effect.provide([NodeFileSystem.layer, NodePath.layer, Logger.layer([])])))
+    }).pipe(Effect.provide([NodeFileSystem.layer, NodePath.layer, Logger.layer([])]))
+  )
 
 /** A ModelCheckpoint state (from an untrusted checkpoint) naming files outside dirpath. */
 const untrustedState = (io: CheckpointIOShape, root: string, failures: Array<Failure>) =>
@@ -308,11 +355,14 @@ const untrustedState = (io: CheckpointIOShape, root: string, failures: Array<Fai
       const run = yield* Effect.exit(Effect.gen(function*() {
         for (let e = 0; e < 3; e++) yield* epochEnd(callback, trainer, e, (e + 1) * 3, { loss: 10 - e })
       }))
-      if (Exit.isFailure(run)) failures.push({ seed: i, message: `hostile state ${victim}: the run failed: ${Cause.pretty(run.cause).slice(0, 300)}` })
+      if (Exit.isFailure(run)) {
+        failures.push({ seed: i, message: `hostile state ${victim}: the run failed: ${Cause.pretty(run.cause).slice(0, 300)}` })
+      }
       for (const p of outside) {
-        if (!fs.existsSync(p)) failures.push({ seed: i, message: `a resumed state naming ${victim} got ${p} removed` })
+        if (!fs.existsSync(p)) {
+          failures.push({ seed: i, message: `a resumed state naming ${victim} got ${p} removed` })
+        }
       }
     }
     return trials
   })
-

@@ -27,7 +27,13 @@ export const irisClassifier = (name = "iris", lr = 0.05): TrainingModule<DataMod
   configureModel: (tfjs) =>
     tfjs.sequential({
       layers: [
-        tfjs.layers.dense({ units: 16, activation: "relu", inputShape: [4], name: "hidden", kernelInitializer: tfjs.initializers.glorotUniform({ seed: 1 }) }),
+        tfjs.layers.dense({
+          units: 16,
+          activation: "relu",
+          inputShape: [4],
+          name: "hidden",
+          kernelInitializer: tfjs.initializers.glorotUniform({ seed: 1 })
+        }),
         tfjs.layers.dense({ units: 3, name: "out", kernelInitializer: tfjs.initializers.glorotUniform({ seed: 2 }) })
       ]
     }),
