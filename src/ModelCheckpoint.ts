@@ -141,7 +141,12 @@ export interface Options {
   readonly trainTimeInterval?: Duration.Input | undefined
   /** Save at the end of training epochs (`true`) or of validations (`false`); see the module notes for unset. */
   readonly saveOnTrainEpochEnd?: boolean | undefined
-  /** Save `exception-<name>.ckpt` (and `last`) when the fit fails or is interrupted (default false). */
+  /**
+   * Save `exception-<name>.ckpt` (and `last`) when the fit fails or is interrupted
+   * (default false). The name keeps the template when it names only `epoch` and
+   * `step`; otherwise it is `exception-epoch=E-step=S.ckpt`, since the metrics of a
+   * run that broke off may be stale or not logged yet.
+   */
   readonly saveOnException?: boolean | undefined
   /** Append `-v1`, `-v2`, … to a name that already exists in storage (default true); false overwrites. */
   readonly enableVersionCounter?: boolean | undefined
@@ -723,7 +728,16 @@ export class ModelCheckpoint extends Callback.Checkpoint implements Callback.Cal
       const what = Cause.isCause(cause) && Cause.hasInterruptsOnly(cause) ? "was interrupted" : "failed"
       return this.#saveEvent(trainer, "none", (t) =>
         Effect.gen({ self: this }, function*() {
-          const path = yield* this.#freePath(t, candidates, { prefix: ModelCheckpoint.exceptionPrefix }, undefined)
+          // A metric in the template may be stale or not logged yet when the fit breaks
+          // off (`val_acc=0.0000` mid-epoch): an exception checkpoint is named by epoch
+          // and step alone unless the template names nothing else.
+          const onlyPosition = this.#options.template.every((s) => s._tag === "Literal" || s.name === "epoch" || s.name === "step")
+          const path = yield* this.#freePath(
+            t,
+            candidates,
+            { prefix: ModelCheckpoint.exceptionPrefix, filename: onlyPosition ? undefined : "{epoch}-{step}" },
+            undefined
+          )
           yield* this.#save(t, path)
           // Logged once committed: on an asynchronous store `exists` waits for the save.
           if (yield* t.checkpointIO.exists(path)) {

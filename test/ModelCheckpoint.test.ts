@@ -437,6 +437,31 @@ describe("ModelCheckpoint", () => {
         assert.strictEqual(twins._tag, "TrainerConfigError")
       }).pipe(Effect.provide(devices())))
 
+    it.effect("issue 15: an exception checkpoint is named by epoch and step, never by a stale or missing metric", () =>
+      Effect.gen(function*() {
+        const base = irisClassifier("fails-mid-epoch")
+        let steps = 0
+        const failing: TrainingModule<DataModule.XY> = {
+          ...base,
+          trainingStep: (model: tf.LayersModel, batch: DataModule.XY, ctx: StepContext) => {
+            if (++steps === 3) throw new Error("boom")
+            return base.trainingStep(model, batch, ctx)
+          }
+        }
+        // val_acc is logged at the epoch's end: at step 2 there is none yet.
+        const checkpoint = yield* make({ saveOnException: true, monitor: "val_acc", mode: "max", filename: "{epoch}-{step}-{val_acc:.4f}" })
+        const trainer = yield* Trainer.make({
+          ...quiet,
+          maxEpochs: 2,
+          numSanityValSteps: 0,
+          defaultRootDir: "/x",
+          callbacks: [checkpoint],
+          plugins: { checkpointIO: MemoryCheckpointIO.layer }
+        })
+        yield* Effect.flip(trainer.fit(failing, irisData()))
+        assert.deepStrictEqual(yield* names(trainer.checkpointIO, "/x/checkpoints"), ["exception-epoch=0-step=2.ckpt"])
+      }).pipe(Effect.provide(devices())))
+
     it.effect("saveOnException saves exception-<name>.ckpt and last, and the fit still fails with its own error", () =>
       Effect.gen(function*() {
         const failing = (failAt: number): TrainingModule<DataModule.XY> => {
