@@ -23,7 +23,8 @@ describe("examples: SIGHUP", () => {
       assert.strictEqual(exit.code, 130, output.slice(-500))
       // The exception checkpoint was saved in the background (AsyncCheckpointIO) and
       // flushed before exit: committed, no temporary file left.
-      const files = fs.readdirSync(path.join(root, "checkpoints"))
+      // One experiment per model (issue 15): <root>/mlp/checkpoints.
+      const files = fs.readdirSync(path.join(root, "mlp", "checkpoints"))
       assert.isTrue(files.some((f) => f.startsWith("exception")), files.join(" "))
       assert.isTrue(files.includes("last.ckpt"), files.join(" "))
       assert.isFalse(files.some((f) => f.includes(".tmp-ckpt")), "no temporary file left")

@@ -59,7 +59,7 @@ describe("the main job in a terminal (issue 15)", () => {
         /\/proc\/x is on the virtual file system \/proc/,
         /corrupt\.ckpt is not a directory/,
         /s3:\/\/bucket\/runs is a URL/,
-        /EFFECT_TRAINER_BACKEND=bogus is not a backend; use one of auto, tensorflow, wasm, cpu/
+        /EFFECT_TRAINER_BACKEND=bogus is not a backend; use one of auto, tensorflow, webgpu, wasm, cpu/
       ]
       early.forEach((run, i) => {
         failsWithOneLine(run, patterns[i]!)

@@ -83,8 +83,12 @@ interface PathState {
   removing: boolean
 }
 
-/** The save events of the schedule: every `every` steps and each epoch end. */
-const isSaveEvent = (step: number, every: number, perEpoch: number) => step > 0 && (step % every === 0 || step % perEpoch === 0)
+/**
+ * The save events of the schedule: every `every` steps. As in Lightning 2.6, setting
+ * `everyNTrainSteps` leaves `everyNEpochs` at 0, so an epoch's end is no save event
+ * (issue 13.3); `perEpoch` only matters for a schedule without `every`.
+ */
+const isSaveEvent = (step: number, every: number, perEpoch: number) => step > 0 && (every >= 1 ? step % every === 0 : step % perEpoch === 0)
 const previousEvent = (step: number, every: number, perEpoch: number): number | undefined => {
   for (let s = step - 1; s > 0; s--) if (isSaveEvent(s, every, perEpoch)) return s
   return undefined
