@@ -1,0 +1,97 @@
+/**
+ * Issue 18: the main job (`npm start -- --default-root-dir s3://bucket/runs`) with its
+ * checkpoints on S3: a child process trains against s3rver started here (endpoint and
+ * credentials from the environment), then `--ckpt-path last` resumes from S3.
+ */
+import { ListObjectsV2Command } from "@aws-sdk/client-s3"
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Effect, Exit, Scope } from "effect"
+import { spawn } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { type TestS3, testS3 } from "./support/s3Server.ts"
+
+const repo = path.resolve(import.meta.dirname, "..")
+const scope = Effect.runSync(Scope.make())
+let s3: TestS3
+beforeAll(() => Effect.runPromise(Effect.provideService(testS3("runs"), Scope.Scope, scope)).then((server) => void (s3 = server)))
+afterAll(() => Effect.runPromise(Scope.close(scope, Exit.void)))
+
+/** The main job as a child process (asynchronously: s3rver answers from this process). */
+const mnist = (cwd: string, args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
+  Effect.callback<{ stdout: string; stderr: string; status: number | null }>((resume) => {
+    const child = spawn(process.execPath, ["--conditions=@effect-trainer/source", path.join(repo, "examples", "mnist.ts"), ...args], {
+      cwd,
+      env: {
+        ...process.env,
+        AWS_ENDPOINT_URL: s3.directEndpoint,
+        AWS_REGION: "us-east-1",
+        AWS_ACCESS_KEY_ID: "S3RVER",
+        AWS_SECRET_ACCESS_KEY: "S3RVER",
+        EFFECT_TRAINER_S3_FORCE_PATH_STYLE: "true",
+        ...env
+      },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (c: Buffer) => void (stdout += c.toString()))
+    child.stderr.on("data", (c: Buffer) => void (stderr += c.toString()))
+    child.on("close", (status) => resume(Effect.succeed({ stdout, stderr, status })))
+  })
+
+const keys = (prefix: string) =>
+  Effect.promise(() => s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix })))
+    .pipe(Effect.map((page) => (page.Contents ?? []).map((o) => o.Key!).sort()))
+
+describe("the main job with checkpoints on S3 (issue 18)", () => {
+  it.effect(
+    "issue 18.1: --default-root-dir s3://bucket/runs trains 1 epoch onto S3, the CSV logs stay local, --ckpt-path last resumes from S3",
+    () =>
+      Effect.gen(function*() {
+        const cwd = fs.mkdtempSync(path.join(os.tmpdir(), "example-s3-"))
+        yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(cwd, { recursive: true, force: true })))
+        const root = `s3://${s3.bucket}/runs`
+        const base = ["--backend", "wasm", "--default-root-dir", root]
+        const first = yield* mnist(cwd, [...base, "--max-epochs", "1"])
+        assert.strictEqual(first.status, 0, first.stderr)
+        assert.include(first.stdout, `last checkpoint: ${root}/mlp/checkpoints/last.ckpt\n`)
+        assert.match(first.stdout, new RegExp(`^best checkpoint: ${root}/mlp/checkpoints/epoch=0-step=125-val_acc=0\\.\\d{4}\\.ckpt$`, "m"))
+        const saved = yield* keys("runs/mlp/checkpoints/")
+        assert.include(saved, "runs/mlp/checkpoints/last.ckpt")
+        assert.isTrue(saved.some((k) => /epoch=0-step=125/.test(k)), saved.join(", "))
+        // The CSV logger stays local: ./runs/<model>/logs under the working directory.
+        const csv = path.join(fs.realpathSync(cwd), "runs", "mlp", "logs", "version_0", "metrics.csv")
+        assert.include(first.stdout, `metrics: ${csv}`)
+        assert.isTrue(fs.existsSync(csv))
+        assert.deepStrictEqual(s3.pendingUploads(), [])
+
+        const resumed = yield* mnist(cwd, [...base, "--ckpt-path", "last", "--max-epochs", "2"])
+        assert.strictEqual(resumed.status, 0, resumed.stderr)
+        assert.match(
+          resumed.stdout + resumed.stderr,
+          new RegExp(`resumed from ${root}/mlp/checkpoints/last\\.ckpt \\(epoch 1, step 125\\)`)
+        )
+        assert.match(resumed.stdout, /^Epoch 1: /m)
+        assert.notMatch(resumed.stdout, /^Epoch 0: /m)
+        assert.isTrue((yield* keys("runs/mlp/checkpoints/")).some((k) => /epoch=1-step=250/.test(k)))
+
+        // Other schemes and a URL without a bucket are still one-line refusals, before any work.
+        for (
+          const [dir, pattern] of [["file:///tmp/runs", /is a URL; only local directories and s3:\/\/bucket\/prefix/], [
+            "s3://",
+            /names no bucket/
+          ]] as const
+        ) {
+          const refused = yield* mnist(cwd, ["--default-root-dir", dir])
+          assert.strictEqual(refused.status, 1, refused.stderr)
+          assert.strictEqual(refused.stdout, "")
+          const lines = refused.stderr.split("\n").filter((l) => l.length > 0)
+          assert.strictEqual(lines.length, 1, refused.stderr)
+          assert.match(lines[0]!, pattern)
+        }
+      }),
+    600_000
+  ) // two training processes: a hang watchdog, not a time limit
+})
