@@ -3,13 +3,14 @@
  * checkpoints on S3: a child process trains against s3rver started here (endpoint and
  * credentials from the environment), then `--ckpt-path last` resumes from S3.
  */
-import { ListObjectsV2Command } from "@aws-sdk/client-s3"
+import { GetObjectCommand, ListObjectsV2Command } from "@aws-sdk/client-s3"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Exit, Option, Scope } from "effect"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as S3CheckpointIO from "../src/S3CheckpointIO.ts"
 import { type TestS3, testS3 } from "./support/s3Server.ts"
 
 const repo = path.resolve(import.meta.dirname, "..")
@@ -18,28 +19,38 @@ let s3: TestS3
 beforeAll(() => Effect.runPromise(Effect.provideService(testS3("runs"), Scope.Scope, scope)).then((server) => void (s3 = server)))
 afterAll(() => Effect.runPromise(Scope.close(scope, Exit.void)))
 
+interface Run {
+  readonly stdout: string
+  readonly stderr: string
+  readonly status: number | null
+  readonly signal: NodeJS.Signals | null
+}
+
 /** The main job as a child process (asynchronously: s3rver answers from this process). */
-const mnist = (cwd: string, args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
-  Effect.callback<{ stdout: string; stderr: string; status: number | null }>((resume) => {
-    const child = spawn(process.execPath, ["--conditions=@effect-trainer/source", path.join(repo, "examples", "mnist.ts"), ...args], {
-      cwd,
-      env: {
-        ...process.env,
-        AWS_ENDPOINT_URL: s3.directEndpoint,
-        AWS_REGION: "us-east-1",
-        AWS_ACCESS_KEY_ID: "S3RVER",
-        AWS_SECRET_ACCESS_KEY: "S3RVER",
-        EFFECT_TRAINER_S3_FORCE_PATH_STYLE: "true",
-        ...env
-      },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let stdout = ""
-    let stderr = ""
-    child.stdout.on("data", (c: Buffer) => void (stdout += c.toString()))
-    child.stderr.on("data", (c: Buffer) => void (stderr += c.toString()))
-    child.on("close", (status) => resume(Effect.succeed({ stdout, stderr, status })))
+const start = (cwd: string, args: ReadonlyArray<string>, env: Record<string, string> = {}) => {
+  const child = spawn(process.execPath, ["--conditions=@effect-trainer/source", path.join(repo, "examples", "mnist.ts"), ...args], {
+    cwd,
+    env: {
+      ...process.env,
+      AWS_ENDPOINT_URL: s3.directEndpoint,
+      AWS_REGION: "us-east-1",
+      AWS_ACCESS_KEY_ID: "S3RVER",
+      AWS_SECRET_ACCESS_KEY: "S3RVER",
+      EFFECT_TRAINER_S3_FORCE_PATH_STYLE: "true",
+      ...env
+    },
+    stdio: ["ignore", "pipe", "pipe"]
   })
+  let stdout = ""
+  let stderr = ""
+  child.stdout.on("data", (c: Buffer) => void (stdout += c.toString()))
+  child.stderr.on("data", (c: Buffer) => void (stderr += c.toString()))
+  const done = new Promise<Run>((resolve) => child.on("close", (status, signal) => resolve({ stdout, stderr, status, signal })))
+  return { child, done }
+}
+
+const mnist = (cwd: string, args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
+  Effect.promise(() => start(cwd, args, env).done)
 
 const keys = (prefix: string) =>
   Effect.promise(() => s3.client.send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix })))
@@ -94,4 +105,83 @@ describe("the main job with checkpoints on S3 (issue 18)", () => {
       }),
     600_000
   ) // two training processes: a hang watchdog, not a time limit
+
+  // Live clock: the stale-upload cutoff compares the server's start times with the time now.
+  it.live(
+    "issue 18.2: SIGKILL during a multipart save of last.ckpt leaves the previous object intact; the stale upload is listed, aborted at the next store's start, and --ckpt-path last resumes",
+    () =>
+      Effect.gen(function*() {
+        const cwd = fs.mkdtempSync(path.join(os.tmpdir(), "example-s3-crash-"))
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            s3.setFaults(undefined)
+            fs.rmSync(cwd, { recursive: true, force: true })
+          })
+        )
+        const root = `s3://${s3.bucket}/crash`
+        const last = "crash/mlp/checkpoints/last.ckpt"
+        // Through the proxy, synchronous saves, 64 KiB parts: every checkpoint (~1.2 MB) is a multipart upload.
+        const env = { AWS_ENDPOINT_URL: s3.endpoint, EFFECT_TRAINER_S3_PART_SIZE: String(64 * 1024) }
+        const base = ["--backend", "wasm", "--sync-io", "--default-root-dir", root]
+        const first = yield* mnist(cwd, [...base, "--max-epochs", "1"], env)
+        assert.strictEqual(first.status, 0, first.stderr)
+        const readLast = Effect.promise(() =>
+          s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: last })).then((r) => r.Body!.transformToByteArray())
+        )
+        const before = yield* readLast
+        assert.isAbove(before.byteLength, 10 * 64 * 1024)
+
+        // The resumed run hangs in part 2 of its upload of last.ckpt; the test kills it there.
+        let sawPart2: () => void = () => {}
+        const part2 = new Promise<void>((resolve) => void (sawPart2 = resolve))
+        s3.setFaults(({ method, url }) => {
+          if (method === "PUT" && url.includes(`/${last}?`) && /[?&]partNumber=2(&|$)/.test(url)) {
+            sawPart2()
+            return "hang"
+          }
+          return undefined
+        })
+        const crashed = start(cwd, [...base, "--ckpt-path", "last", "--max-epochs", "3"], env)
+        yield* Effect.promise(() => part2)
+        crashed.child.kill("SIGKILL")
+        const killed = yield* Effect.promise(() => crashed.done)
+        assert.strictEqual(killed.signal, "SIGKILL")
+        s3.setFaults(undefined)
+
+        // The previous object is intact: the same bytes, and it loads with every CRC checked.
+        assert.deepStrictEqual(yield* readLast, before)
+        const storeOptions: S3CheckpointIO.Options = {
+          endpoint: s3.endpoint,
+          region: "us-east-1",
+          forcePathStyle: true,
+          credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" }
+        }
+        const io = yield* S3CheckpointIO.make(storeOptions)
+        const record = yield* io.load(`${root}/mlp/checkpoints/last.ckpt`)
+        assert.strictEqual(Option.getOrThrow(record.meta).globalStep, 125)
+        // The killed upload is still open (its parts are stored, and billed on S3) ...
+        const stale = s3.pendingUploads()
+        assert.strictEqual(stale.length, 1, stale.join(", "))
+        // ... until a store started with abortUploadsOlderThanMs aborts it (or a lifecycle rule does).
+        const aborted = yield* S3CheckpointIO.abortIncompleteUploads(root, { ...storeOptions, olderThanMs: 60_000 })
+        assert.deepStrictEqual(aborted, [], "not older than a minute: left alone")
+        yield* S3CheckpointIO.make({ ...storeOptions, bucket: s3.bucket, prefix: "crash", abortUploadsOlderThanMs: 0 })
+        assert.deepStrictEqual(s3.pendingUploads(), [])
+        assert.isTrue(s3.requests.some((r) => r.startsWith(`DELETE /${s3.bucket}/${last}?uploadId=`)))
+        // What remains: committed objects only.
+        const remaining = yield* keys("crash/")
+        assert.include(remaining, last)
+        assert.isTrue(remaining.every((k) => k.startsWith("crash/mlp/checkpoints/") && k.endsWith(".ckpt")), remaining.join(", "))
+
+        const resumed = yield* mnist(cwd, [...base, "--ckpt-path", "last", "--max-epochs", "2"], env)
+        assert.strictEqual(resumed.status, 0, resumed.stderr)
+        assert.match(
+          resumed.stdout + resumed.stderr,
+          new RegExp(`resumed from ${root}/mlp/checkpoints/last\\.ckpt \\(epoch 1, step 125\\)`)
+        )
+        assert.notDeepEqual(yield* readLast, before)
+        assert.deepStrictEqual(s3.pendingUploads(), [])
+      }),
+    600_000
+  ) // three training processes: a hang watchdog, not a time limit
 })
