@@ -88,14 +88,26 @@ describe("the main job with checkpoints on S3 (issue 18)", () => {
         assert.notMatch(resumed.stdout, /^Epoch 0: /m)
         assert.isTrue((yield* keys("runs/mlp/checkpoints/")).some((k) => /epoch=1-step=250/.test(k)))
 
-        // Other schemes and a URL without a bucket are still one-line refusals, before any work.
-        for (
-          const [dir, pattern] of [["file:///tmp/runs", /is a URL; only local directories and s3:\/\/bucket\/prefix/], [
-            "s3://",
-            /names no bucket/
-          ]] as const
-        ) {
-          const refused = yield* mnist(cwd, ["--default-root-dir", dir])
+        // Without the optional AWS SDK (its resolution fails, as when it is not installed),
+        // other schemes, and a URL without a bucket: one-line refusals, before any work.
+        const hook = path.join(cwd, "no-aws-sdk.mjs")
+        fs.writeFileSync(
+          hook,
+          `import { registerHooks } from "node:module"
+registerHooks({ resolve(specifier, context, next) {
+  if (specifier.startsWith("@aws-sdk/")) throw Object.assign(new Error("Cannot find package '" + specifier + "'"), { code: "ERR_MODULE_NOT_FOUND" })
+  return next(specifier, context)
+} })
+`
+        )
+        const noSdk = { NODE_OPTIONS: `${process.env["NODE_OPTIONS"] ?? ""} --import=${hook}` }
+        const refusals = [
+          [[...base], noSdk, /S3 checkpoints need the optional package @aws-sdk\/client-s3; npm install @aws-sdk\/client-s3$/],
+          [["--default-root-dir", "file:///tmp/runs"], {}, /is a URL; only local directories and s3:\/\/bucket\/prefix/],
+          [["--default-root-dir", "s3://"], {}, /names no bucket/]
+        ] as const
+        for (const [args, env, pattern] of refusals) {
+          const refused = yield* mnist(cwd, args, env)
           assert.strictEqual(refused.status, 1, refused.stderr)
           assert.strictEqual(refused.stdout, "")
           const lines = refused.stderr.split("\n").filter((l) => l.length > 0)
