@@ -9,7 +9,10 @@
  * - `save` is atomic: an object becomes visible only when complete (one `PutObject`
  *   for a checkpoint up to `partSize`, otherwise `CompleteMultipartUpload` of a
  *   parallel multipart upload). A failed or interrupted save aborts its multipart
- *   upload (no orphaned parts are left to bill) and leaves the previous object.
+ *   upload (no orphaned parts are left to bill) and leaves the previous object. A
+ *   process killed mid-save cannot abort: its upload stays open until a bucket
+ *   lifecycle rule (`AbortIncompleteMultipartUpload`) or `abortIncompleteUploads` /
+ *   the `abortUploadsOlderThanMs` option removes it.
  *   Saves are durable once acknowledged, so `durable` and `flush` have nothing to do.
  * - `load` reads the size with `HeadObject`, refuses a checkpoint that cannot fit
  *   `maxLoadBytes`, then streams the object with parallel ranged `GetObject`s
