@@ -18,6 +18,7 @@ const slow = [
   "test/cli.test.ts",
   "test/examples-sighup.test.ts",
   "test/examples-terminal.test.ts",
+  "test/examples-s3.test.ts",
   "test/reliability/crash.test.ts",
   "test/reliability/interrupt.test.ts",
   "test/reliability/retention.test.ts"

@@ -8,10 +8,18 @@
  *   npm start -- --max-epochs 3 --model mlp
  *   npm start -- --ckpt-path last --max-epochs 5      # continue where the last run stopped
  *   npm start -- --devices 2                          # data parallel: 2 replicas (worker threads)
+ *   npm start -- --default-root-dir s3://bucket/runs  # checkpoints on S3 (docs/s3.md)
  *
  * Each model is its own experiment: `<root>/<model>/checkpoints` and
  * `<root>/<model>/logs/version_<n>`, so `--ckpt-path last` (or `best`) resumes the
  * model asked for; a checkpoint saved with other hyperparameters is refused.
+ *
+ * An `s3://bucket/prefix` root puts the checkpoints on S3 (`S3CheckpointIO`, loaded
+ * only then, so that the job runs without the optional `@aws-sdk/client-s3`):
+ * `s3://bucket/prefix/<model>/checkpoints`, with the endpoint, region and credentials
+ * from the environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+ * `AWS_SECRET_ACCESS_KEY`, and `EFFECT_TRAINER_S3_FORCE_PATH_STYLE=true` for most
+ * S3-compatible servers). The CSV logs stay local, under `./runs/<model>/logs`.
  *
  * Flags are checked before any work; a failure is one line on stderr (what, which
  * file, what to do) with exit code 1; `--log-level debug` adds the full cause.
@@ -98,13 +106,35 @@ const classifier = (model: "mlp" | "cnn"): TrainingModule.TrainingModule<DataMod
   }
 })
 
+/** Whether the root is on S3: `s3://bucket/prefix`. */
+const isS3Url = (dir: string): boolean => /^s3:\/\//i.test(dir)
+
+/** The local root of the CSV logs when the checkpoints are on S3. */
+const localLogRoot = "./runs"
+
+/**
+ * The S3 store, configured from the environment, loaded only for an `s3://` root: a
+ * missing optional AWS SDK is one line naming the package.
+ */
+const s3CheckpointIO = Effect.tryPromise({
+  try: () => import("effect-trainer/S3CheckpointIO"),
+  catch: (error) =>
+    new CommandFailed({
+      message: /@aws-sdk\/client-s3/.test(String(error))
+        ? "--default-root-dir s3://...: S3 checkpoints need the optional package @aws-sdk/client-s3; npm install @aws-sdk/client-s3"
+        : `--default-root-dir s3://...: the S3 store could not be loaded: ${String(error)}`,
+      code: 1
+    })
+})
+
 /**
  * Why `dir` cannot hold the runs, or `undefined` when it can: checked before any
  * work, so that an unusable root is refused at once (Node's recursive mkdir loops
  * forever under /proc; a read-only file system must not look like a missing file).
  */
 const unusableRoot = (dir: string): string | undefined => {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) return `${dir} is a URL; only local directories are supported`
+  if (isS3Url(dir)) return /^s3:\/\/[^/]+/.test(dir) ? undefined : `${dir} names no bucket; use s3://bucket/prefix`
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(dir)) return `${dir} is a URL; only local directories and s3://bucket/prefix are supported`
   const absolute = path.resolve(dir)
   const virtual = ["/proc", "/sys", "/dev"].find((v) => absolute === v || absolute.startsWith(`${v}/`))
   if (virtual !== undefined) return `${absolute} is on the virtual file system ${virtual}`
@@ -167,8 +197,15 @@ const command = Command.make("effect-trainer-mnist", {
         })
       )
     )
-    const experiment = path.resolve(config.defaultRootDir, config.model)
-    const dirpath = path.join(experiment, "checkpoints")
+    const onS3 = isS3Url(config.defaultRootDir)
+    const s3 = onS3 ? yield* s3CheckpointIO : undefined
+    const s3Options = s3 === undefined ? {} : yield* s3.optionsConfig.pipe(
+      Effect.mapError((error) => new CommandFailed({ message: `EFFECT_TRAINER_S3_*: ${error.message}`, code: 1 }))
+    )
+    const experiment = onS3
+      ? `${config.defaultRootDir.replace(/\/+$/, "")}/${config.model}`
+      : path.resolve(config.defaultRootDir, config.model)
+    const dirpath = onS3 ? `${experiment}/checkpoints` : path.join(experiment, "checkpoints")
 
     const program = Effect.gen(function*() {
       const trainer = yield* Trainer.Trainer
@@ -201,12 +238,16 @@ const command = Command.make("effect-trainer-mnist", {
       saveOnException: true,
       filename: "{epoch}-{step}-{val_acc:.4f}"
     })
-    const io = config.syncIo ? FileCheckpointIO.layerNode : AsyncCheckpointIO.layerNode()
+    const base = s3 === undefined ? FileCheckpointIO.layerNode : s3.layer(s3Options)
+    const io = config.syncIo ? base : AsyncCheckpointIO.layer().pipe(Layer.provide(base))
+    // On S3 the CSV logger stays local: ./runs/<model>/logs/version_<n>.
+    const logger = onS3 ? [yield* CsvLogger.make({ saveDir: path.resolve(localLogRoot, config.model) })] : []
     const layers = Trainer.layer({
       maxEpochs: config.maxEpochs,
       defaultRootDir: experiment,
       seed: 0,
-      callbacks: [checkpoint],
+      logger: !onS3,
+      callbacks: [checkpoint, ...logger],
       plugins: { checkpointIO: io }
     }).pipe(
       Layer.provideMerge(config.devices > 1 ? Strategy.dataParallel({ devices: config.devices }) : Strategy.singleDevice()),

@@ -234,6 +234,9 @@ interface Resolved {
 }
 
 const normalizeDir = (dir: string): string => {
+  // A URL keeps its `scheme://` (posix.normalize would make `s3://b/k` into `s3:/b/k`).
+  const url = /^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(.*)$/.exec(dir)
+  if (url !== null) return `${url[1]}${normalizeDir(url[2]!.length === 0 ? "." : url[2]!)}`
   const normal = posix.normalize(dir)
   return normal.length > 1 && normal.endsWith("/") ? normal.slice(0, -1) : normal
 }

@@ -9,7 +9,10 @@
  * - `save` is atomic: an object becomes visible only when complete (one `PutObject`
  *   for a checkpoint up to `partSize`, otherwise `CompleteMultipartUpload` of a
  *   parallel multipart upload). A failed or interrupted save aborts its multipart
- *   upload (no orphaned parts are left to bill) and leaves the previous object.
+ *   upload (no orphaned parts are left to bill) and leaves the previous object. A
+ *   process killed mid-save cannot abort: its upload stays open until a bucket
+ *   lifecycle rule (`AbortIncompleteMultipartUpload`) or `abortIncompleteUploads` /
+ *   the `abortUploadsOlderThanMs` option removes it.
  *   Saves are durable once acknowledged, so `durable` and `flush` have nothing to do.
  * - `load` reads the size with `HeadObject`, refuses a checkpoint that cannot fit
  *   `maxLoadBytes`, then streams the object with parallel ranged `GetObject`s
@@ -50,13 +53,14 @@ import {
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
   type S3ClientConfig,
   UploadPartCommand
 } from "@aws-sdk/client-s3"
-import { Config, Effect, Exit, Fiber, Layer, type Scope, Semaphore } from "effect"
+import { Clock, Config, Effect, Exit, Fiber, Layer, type Scope, Semaphore } from "effect"
 import { randomInt } from "node:crypto"
 import * as posix from "node:path/posix"
 import {
@@ -114,6 +118,13 @@ export interface Options {
   readonly clientConfig?: S3ClientConfig | undefined
   /** A client to use instead of building one (the caller owns it: it is not destroyed with the layer). */
   readonly client?: S3Client | undefined
+  /**
+   * At layer start, abort the incomplete multipart uploads under `bucket`/`prefix`
+   * initiated more than this many milliseconds ago (left by a writer that crashed
+   * mid-save): see `abortIncompleteUploads`. Default: none are touched. Needs `bucket`;
+   * a failure (a server without ListMultipartUploads) is logged as a warning, never fatal.
+   */
+  readonly abortUploadsOlderThanMs?: number | undefined
 }
 
 const defaultPartSize = 16 * 1024 * 1024
@@ -681,20 +692,92 @@ export const clientConfig = (options: Options): S3ClientConfig => ({
   ...options.clientConfig
 })
 
+/** `options.client`, or a new client from `options` destroyed when the scope closes. */
+const acquireClient = (options: Options): Effect.Effect<S3Client, never, Scope.Scope> =>
+  options.client !== undefined ? Effect.succeed(options.client) : Effect.acquireRelease(
+    Effect.sync(() => new S3Client(clientConfig(options))),
+    (client) => Effect.sync(() => client.destroy())
+  )
+
+/**
+ * Aborts the incomplete multipart uploads under `dir` (`s3://bucket/prefix`, or a plain
+ * key prefix under `options.bucket`/`prefix`) that were initiated more than `olderThanMs`
+ * ago (by the server's clock; default 0: all of them), and answers the objects whose
+ * uploads it aborted. An upload left by a writer killed mid-save (SIGKILL, a lost
+ * node) is never completed: its parts stay, and are billed, until it is aborted. A
+ * bucket lifecycle rule `AbortIncompleteMultipartUpload` does this on the server and is
+ * the first choice; this is for servers and buckets without one. Choose `olderThanMs`
+ * longer than any save takes: an upload in progress by another live writer under the
+ * same prefix is aborted too (its save then fails with a storage error and leaves the
+ * previous checkpoint). Needs ListMultipartUploads, which some S3-compatible servers
+ * lack (s3rver among them).
+ */
+export const abortIncompleteUploads = Effect.fn("S3CheckpointIO.abortIncompleteUploads")(function*(
+  dir: string,
+  options: Options & { readonly olderThanMs?: number | undefined } = {}
+) {
+  const prefix = (options.prefix ?? "").replace(/^\/+|\/+$/g, "")
+  const location = yield* parseLocation("list", dir, options.bucket, prefix)
+  const keyPrefix = location.key.length === 0 ? "" : `${location.key}/`
+  const client = yield* acquireClient(options)
+  const cutoff = (yield* Clock.currentTimeMillis) - Math.max(0, options.olderThanMs ?? 0)
+  const aborted: Array<string> = []
+  let keyMarker: string | undefined
+  let uploadIdMarker: string | undefined
+  do {
+    const page = yield* Effect.tryPromise({
+      try: (abortSignal) =>
+        client.send(
+          new ListMultipartUploadsCommand({
+            Bucket: location.bucket,
+            Prefix: keyPrefix,
+            ...(keyMarker === undefined ? {} : { KeyMarker: keyMarker }),
+            ...(uploadIdMarker === undefined ? {} : { UploadIdMarker: uploadIdMarker })
+          }),
+          { abortSignal }
+        ),
+      catch: s3Error("list", location.url)
+    })
+    for (const upload of page.Uploads ?? []) {
+      if (upload.Key === undefined || upload.UploadId === undefined) continue
+      if ((upload.Initiated?.getTime() ?? 0) > cutoff) continue
+      const url = `s3://${location.bucket}/${upload.Key}`
+      yield* Effect.tryPromise({
+        try: (abortSignal) =>
+          client.send(
+            new AbortMultipartUploadCommand({ Bucket: location.bucket, Key: upload.Key, UploadId: upload.UploadId }),
+            { abortSignal }
+          ),
+        catch: s3Error("remove", url)
+      })
+      aborted.push(url)
+    }
+    const truncated = page.IsTruncated === true
+    keyMarker = truncated ? page.NextKeyMarker : undefined
+    uploadIdMarker = truncated ? page.NextUploadIdMarker : undefined
+  } while (keyMarker !== undefined)
+  return aborted
+}, Effect.scoped)
+
 /**
  * Builds the service: over `options.client`, or over a new `S3Client` (from
- * `clientConfig(options)`) destroyed when the scope closes.
+ * `clientConfig(options)`) destroyed when the scope closes. With
+ * `abortUploadsOlderThanMs` and `bucket`, stale uploads under the prefix are aborted first.
  */
 export const make = (options: Options = {}): Effect.Effect<CheckpointIOShape, never, Scope.Scope> =>
-  options.client !== undefined
-    ? Effect.succeed(makeWithClient(options.client, options))
-    : Effect.map(
-      Effect.acquireRelease(
-        Effect.sync(() => new S3Client(clientConfig(options))),
-        (client) => Effect.sync(() => client.destroy())
-      ),
-      (client) => makeWithClient(client, options)
-    )
+  Effect.gen(function*() {
+    const client = yield* acquireClient(options)
+    if (options.abortUploadsOlderThanMs !== undefined && options.bucket !== undefined) {
+      const root = `s3://${options.bucket}/${(options.prefix ?? "").replace(/^\/+|\/+$/g, "")}`
+      yield* abortIncompleteUploads(root, { ...options, client, olderThanMs: options.abortUploadsOlderThanMs }).pipe(
+        Effect.tap((aborted) =>
+          aborted.length === 0 ? Effect.void : Effect.logInfo(`aborted ${aborted.length} stale multipart upload(s): ${aborted.join(", ")}`)
+        ),
+        Effect.catch((error) => Effect.logWarning(`could not abort stale multipart uploads under ${root}: ${error.message}`))
+      )
+    }
+    return makeWithClient(client, options)
+  })
 
 /** The S3 store with `options` (see `Options`). */
 export const layer = (options: Options = {}): Layer.Layer<CheckpointIO> => Layer.effect(CheckpointIO, make(options))

@@ -74,4 +74,21 @@ describe("benchmarks (smoke)", () => {
       fs.rmSync(dir, { recursive: true, force: true })
     }
   })
+
+  it("bench:s3 runs on a small checkpoint against its own s3rver and writes its JSON", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-smoke-"))
+    try {
+      const json = path.join(dir, "s3.json")
+      const args = ["--mb", "2", "--tensors", "4", "--repeats", "1", "--part-mb", "0.5", "--json", json]
+      execFileSync(process.execPath, ["bench/s3.ts", ...args], { stdio: "pipe" })
+      const result = JSON.parse(fs.readFileSync(json, "utf8")) as Record<string, number>
+      assert.deepStrictEqual(Object.keys(result).sort(), ["bytes", "load_vs_get", "multipart_vs_put", "save_vs_put"])
+      assert.isAbove(result["bytes"]!, 2 * 1024 * 1024)
+      assert.isAbove(result["save_vs_put"]!, 0)
+      assert.isAbove(result["load_vs_get"]!, 0)
+      assert.isAbove(result["multipart_vs_put"]!, 0)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
 })

@@ -50,7 +50,7 @@ describe("the main job in a terminal (issue 15)", () => {
         mnist(["--model", "transformer"]),
         mnist(["--default-root-dir", "/proc/x"]),
         mnist(["--default-root-dir", path.join(corrupt, "x")]),
-        mnist(["--default-root-dir", "s3://bucket/runs"]),
+        mnist(["--default-root-dir", "ftp://host/runs"]),
         mnist(["--default-root-dir", root], { EFFECT_TRAINER_BACKEND: "bogus" })
       ]
       const patterns = [
@@ -58,7 +58,7 @@ describe("the main job in a terminal (issue 15)", () => {
         /--model: "transformer"/,
         /\/proc\/x is on the virtual file system \/proc/,
         /corrupt\.ckpt is not a directory/,
-        /s3:\/\/bucket\/runs is a URL/,
+        /ftp:\/\/host\/runs is a URL; only local directories and s3:\/\/bucket\/prefix are supported/,
         /EFFECT_TRAINER_BACKEND=bogus is not a backend; use one of auto, tensorflow, webgpu, wasm, cpu/
       ]
       early.forEach((run, i) => {

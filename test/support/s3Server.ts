@@ -2,12 +2,13 @@
  * A real S3-protocol server for tests: s3rver on loopback in a temporary directory,
  * behind a small HTTP proxy that injects faults (503 SlowDown, connection resets,
  * truncated bodies) and fills in what s3rver lacks: AbortMultipartUpload (s3rver
- * answers 405) removes the upload's parts as S3 does, and `pendingUploads` lists the
- * multipart uploads still open (s3rver has no ListMultipartUploads).
+ * answers 405) removes the upload's parts as S3 does, ListMultipartUploads (s3rver
+ * lists objects instead) is answered from s3rver's upload folder, and `pendingUploads`
+ * lists the multipart uploads still open.
  */
 import { S3Client } from "@aws-sdk/client-s3"
 import { Effect } from "effect"
-import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
@@ -30,7 +31,10 @@ FilesystemStore.prototype.putObject = async function(this: FilesystemStore, obje
 /** What the proxy does with one request: pass it, or a fault. */
 export type Fault = "503" | "403" | "reset" | "truncate" | "hang" | undefined
 
-/** Decides the fault of a request (method, URL with query); called once per request. */
+/**
+ * Decides the fault of a request (method, URL with query); called once per request
+ * (a test may also use it as a hook: "the child is now uploading part 2").
+ */
 export type FaultPolicy = (request: { readonly method: string; readonly url: string }) => Fault
 
 export interface TestS3 {
@@ -74,6 +78,14 @@ export const testS3 = (bucket = "ckpt-test"): Effect.Effect<TestS3, never, impor
     /** Ids of aborted multipart uploads: gone, whatever a late part left on disk. */
     const aborted = new Set<string>()
     const requests: Array<string> = []
+    /** Ids of the multipart uploads neither completed nor aborted. */
+    const openUploads = (): Array<string> => {
+      try {
+        return readdirSync(uploadsDir).filter((id) => !aborted.has(id))
+      } catch {
+        return []
+      }
+    }
 
     const proxy = http.createServer((req, res) => {
       const method = req.method ?? "GET"
@@ -96,6 +108,31 @@ export const testS3 = (bucket = "ckpt-test"): Effect.Effect<TestS3, never, impor
       }
       const query = new URL(url, "http://x").searchParams
       const uploadId = query.get("uploadId")
+      if (method === "GET" && query.has("uploads")) {
+        // ListMultipartUploads (one page), from s3rver's upload folder: key and start time.
+        req.resume()
+        const prefix = query.get("prefix") ?? ""
+        const escape = (text: string) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+        const uploads = openUploads().flatMap((id) => {
+          try {
+            const key = readFileSync(path.join(uploadsDir, id, "key"), "utf8")
+            const initiated = statSync(path.join(uploadsDir, id)).birthtime.toISOString()
+            return key.startsWith(prefix) ? [{ id, key, initiated }] : []
+          } catch {
+            return [] // completed or aborted meanwhile
+          }
+        })
+        res.writeHead(200, { "content-type": "application/xml" })
+        res.end(
+          `<?xml version="1.0" encoding="UTF-8"?>\n<ListMultipartUploadsResult><Bucket>${bucket}</Bucket>` +
+            `<Prefix>${escape(prefix)}</Prefix><IsTruncated>false</IsTruncated>` +
+            uploads.map((u) =>
+              `<Upload><Key>${escape(u.key)}</Key><UploadId>${u.id}</UploadId><Initiated>${u.initiated}</Initiated></Upload>`
+            ).join("") +
+            `</ListMultipartUploadsResult>`
+        )
+        return
+      }
       if (method === "DELETE" && uploadId !== null) {
         // AbortMultipartUpload, as S3 does it: the upload and its parts are gone.
         req.resume()
@@ -173,12 +210,6 @@ export const testS3 = (bucket = "ckpt-test"): Effect.Effect<TestS3, never, impor
       client,
       requests,
       setFaults: (p) => void (policy = p),
-      pendingUploads: () => {
-        try {
-          return readdirSync(uploadsDir).filter((id) => !aborted.has(id))
-        } catch {
-          return []
-        }
-      }
+      pendingUploads: openUploads
     }
   })
