@@ -108,6 +108,8 @@ const runOnce = (config: RunConfig) =>
       enableProgressBar: false,
       logger: false,
       enableModelSummary: false,
+      // Steps only: the default ModelCheckpoint would time checkpoint saves too.
+      enableCheckpointing: false,
       maxSteps: total,
       numSanityValSteps: 0,
       seed: 1,

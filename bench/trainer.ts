@@ -186,6 +186,9 @@ const interleaved = (tfjs: typeof tf, c: Case, data: DataModule.XY, count: numbe
     const trainer = yield* Trainer.make({
       enableProgressBar: false,
       logger: false,
+      // The Trainer's loop against a bare loop: no checkpoint saves, no model summary.
+      enableCheckpointing: false,
+      enableModelSummary: false,
       maxEpochs: 1,
       numSanityValSteps: 0,
       callbacks: [clock]
