@@ -62,7 +62,11 @@ const LoggingCheckpointIO = (
         exists: (file) => Effect.andThen(seen("exists", file), inner.exists(file)),
         list: (dir) => Effect.andThen(seen("list", dir), inner.list(dir)),
         copy: (source, target) => Effect.andThen(seen("copy", `${source} -> ${target}`), inner.copy(source, target)),
-        flush: Effect.andThen(seen("flush", ""), inner.flush)
+        flush: Effect.andThen(seen("flush", ""), inner.flush),
+        // Passed on, or an asynchronous store's background failures and its path
+        // identity would be replaced by the defaults (none; the path as given).
+        takeFailures: inner.takeFailures,
+        identify: inner.identify
       })
     })
   )
