@@ -27,10 +27,10 @@ import type * as Callback from "../src/Callback.ts"
 import * as DataModule from "../src/DataModule.ts"
 import * as DataParallel from "../src/DataParallel.ts"
 import * as Device from "../src/Device.ts"
-import * as Random from "../src/Random.ts"
 import * as Strategy from "../src/Strategy.ts"
 import * as Trainer from "../src/Trainer.ts"
 import type { TrainingModule } from "../src/TrainingModule.ts"
+import { cases, syntheticData } from "./trainer.ts"
 
 type CaseName = "mlp" | "cnn"
 
@@ -43,44 +43,12 @@ interface RunConfig {
   readonly backend: Device.BackendChoice
 }
 
-const shapes = { mlp: { batchSize: 128, inputShape: [784] }, cnn: { batchSize: 64, inputShape: [28, 28, 1] } } as const
-
-const build = (name: CaseName) => (tfjs: typeof tf): tf.LayersModel =>
-  name === "mlp"
-    ? tfjs.sequential({
-      layers: [
-        tfjs.layers.dense({ units: 256, activation: "relu", inputShape: [784], name: "h1" }),
-        tfjs.layers.dense({ units: 128, activation: "relu", name: "h2" }),
-        tfjs.layers.dense({ units: 10, activation: "softmax", name: "out" })
-      ]
-    })
-    : tfjs.sequential({
-      layers: [
-        tfjs.layers.conv2d({ filters: 32, kernelSize: 3, activation: "relu", inputShape: [28, 28, 1], name: "conv" }),
-        tfjs.layers.maxPooling2d({ poolSize: 2, name: "pool" }),
-        tfjs.layers.flatten({ name: "flat" }),
-        tfjs.layers.dense({ units: 10, activation: "softmax", name: "out" })
-      ]
-    })
-
-const syntheticData = (name: CaseName, batches: number): DataModule.XY => {
-  const { batchSize, inputShape } = shapes[name]
-  const rowSize = inputShape.reduce((a: number, b: number) => a * b, 1)
-  const n = batches * batchSize
-  const x = new Float32Array(n * rowSize)
-  let state = 12345
-  for (let i = 0; i < x.length; i++) {
-    const [s, r] = Random.next(state)
-    state = s
-    x[i] = r
-  }
-  const labels = Array.from({ length: n }, (_, i) => (i * 7) % 10)
-  return { x: { dtype: "F32", shape: [n, ...inputShape], data: x }, y: DataModule.oneHot(labels, 10) }
-}
+/** The bench:trainer models and data, so both benchmarks time the same steps. */
+const caseOf = (name: CaseName) => cases.find((c) => c.name === name)!
 
 const module = (name: CaseName): TrainingModule<DataModule.XY> => ({
   name: `bench-${name}`,
-  configureModel: build(name),
+  configureModel: caseOf(name).build,
   configureOptimizers: (tfjs) => tfjs.train.adam(1e-3),
   trainingStep: (model, batch, ctx) =>
     ctx.tf.losses.softmaxCrossEntropy(ctx.tensor(batch.y), model.apply(ctx.tensor(batch.x)) as tf.Tensor) as tf.Scalar
@@ -122,8 +90,8 @@ const runOnce = (config: RunConfig) =>
     return yield* Effect.gen(function*() {
       const trainer = yield* Trainer.Trainer
       const m = module(config.case)
-      const data = DataModule.fromArrays(syntheticData(config.case, total), {
-        batchSize: shapes[config.case].batchSize,
+      const data = DataModule.fromArrays(syntheticData(caseOf(config.case), total), {
+        batchSize: caseOf(config.case).batchSize,
         shuffle: false,
         valFraction: 0
       })

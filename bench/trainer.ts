@@ -41,14 +41,16 @@ export const median = (xs: ReadonlyArray<number>) => {
 
 export type CaseName = "mlp" | "cnn"
 
-interface Case {
+/** A benchmark model: its batch, input shape and layers (also used by bench/ddp.ts). */
+export interface Case {
   readonly name: CaseName
   readonly batchSize: number
   readonly inputShape: ReadonlyArray<number>
   readonly build: (tfjs: typeof tf) => tf.LayersModel
 }
 
-const cases: ReadonlyArray<Case> = [
+/** The MLP and the CNN every trainer benchmark times. */
+export const cases: ReadonlyArray<Case> = [
   {
     name: "mlp",
     batchSize: 128,
@@ -79,7 +81,7 @@ const cases: ReadonlyArray<Case> = [
 ]
 
 /** Synthetic inputs and one-hot labels for `steps` batches, from a seed. */
-const syntheticData = (c: Case, count: number): DataModule.XY => {
+export const syntheticData = (c: Case, count: number): DataModule.XY => {
   const rowSize = c.inputShape.reduce((a, b) => a * b, 1)
   const n = count * c.batchSize
   const x = new Float32Array(n * rowSize)
